@@ -1,0 +1,61 @@
+# The stage graph. `make help` lists the targets.
+# Everything runs inside .venv, created and filled on first use (Python 3.11 and the package
+# registries are all a fresh machine needs).
+
+PYTHON ?= python3
+VENV := .venv
+VENV_PYTHON := $(VENV)/bin/python
+# The configuration every stage reads; the shipped sample by default.
+CONFIG ?= config/sample.toml
+# Extra KEY=VALUE overrides passed to every stage, e.g. ARGS="model_4.epochs=1".
+ARGS ?=
+STAGE = $(VENV_PYTHON) $(1) --config $(CONFIG) $(ARGS)
+
+.PHONY: help run test test-all bench venv clean stages get_data consolidate labels inspect split generator model_4 evaluate_4 model_6 evaluate_6 demo
+
+help: ## List the targets.
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
+	@test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)
+	$(VENV_PYTHON) -m pip install --quiet --upgrade pip
+	$(VENV_PYTHON) -m pip install --quiet -r requirements.txt -r requirements-test.txt
+	$(VENV_PYTHON) -m pip install --quiet --no-deps -e .
+	@touch $@
+
+venv: $(VENV)/.installed ## Create or update the virtual environment.
+
+run: venv ## Run every stage in order on $(CONFIG) (default: the shipped sample).
+	$(call STAGE,get_data.py)
+	$(call STAGE,consolidate_data.py)
+	$(call STAGE,get_filenames_and_labels.py)
+	$(call STAGE,inspect_images.py)
+	$(call STAGE,train_valid_test_clean.py)
+	$(call STAGE,custom_generator.py)
+	$(call STAGE,model_4.py)
+	$(call STAGE,model_evaluation_4.py)
+	$(call STAGE,model_6.py)
+	$(call STAGE,model_evaluation_6.py)
+	$(VENV_PYTHON) -m emotion_classifier.demo --config $(CONFIG) $(ARGS)
+	@echo "Done. Reports: reports/ (comparison.md, figures/, demo/); models: models/"
+
+get_data: venv ; $(call STAGE,get_data.py)
+consolidate: venv ; $(call STAGE,consolidate_data.py)
+labels: venv ; $(call STAGE,get_filenames_and_labels.py)
+inspect: venv ; $(call STAGE,inspect_images.py)
+split: venv ; $(call STAGE,train_valid_test_clean.py)
+generator: venv ; $(call STAGE,custom_generator.py)
+model_4: venv ; $(call STAGE,model_4.py)
+evaluate_4: venv ; $(call STAGE,model_evaluation_4.py)
+model_6: venv ; $(call STAGE,model_6.py)
+evaluate_6: venv ; $(call STAGE,model_evaluation_6.py)
+demo: venv ; $(VENV_PYTHON) -m emotion_classifier.demo --config $(CONFIG) $(ARGS)
+
+test: venv ## Run the default test suite (fast; slow tests excluded).
+	$(VENV_PYTHON) -m pytest
+
+test-all: venv ## Run every test, the slow ones included.
+	$(VENV_PYTHON) -m pytest -m "slow or not slow"
+
+clean: ## Remove generated data, runs and reports (never the shipped sample or raw downloads of real data outside data/).
+	rm -rf data models reports

@@ -1,0 +1,13 @@
+#!/usr/bin/env python3
+"""The input pipeline: show one augmented batch and measure its speed.
+
+Training and evaluation use this pipeline (tf.data: parallel read and decode, crop to the face box,
+resize, augmentation for training only, batching, prefetch). Run as a script it
+Reads:  data/processed/split_manifest.csv, data/interim/images/
+Writes: reports/figures/augmented_batch.png, and prints images per second.
+"""
+
+from emotion_classifier import cli, input_pipeline
+
+if __name__ == "__main__":
+    raise SystemExit(cli.main(input_pipeline.run, __doc__, section="generator"))

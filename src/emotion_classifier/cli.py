@@ -1,0 +1,65 @@
+"""The command line shared by every stage script.
+
+Each top-level script is a few lines: its docstring (what it reads and writes) becomes its
+``--help``, and it hands a resolved configuration to one function of this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+from emotion_classifier.config import Config, ConfigError, load_config
+
+DEFAULT_CONFIG = Path("config") / "default.toml"
+
+
+class PipelineError(RuntimeError):
+    """A problem with the data or the environment that the user must fix; the message says how."""
+
+
+def build_parser(description: str, section: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            f"Overrides: KEY=VALUE sets [{section}] KEY, SECTION.KEY=VALUE any other section; VALUE is "
+            "read as TOML (2, 0.5, true, \"text\", [1, 2]) or else taken as text.\n"
+            f"Example: --config config/sample.toml {section}.<key>=<value>"
+        ),
+    )
+    parser.add_argument(
+        "--config",
+        default=str(DEFAULT_CONFIG),
+        help=f"TOML configuration file (default: {DEFAULT_CONFIG}); keys it leaves out keep their defaults",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="redo the stage even if its outputs are up to date"
+    )
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="per-run configuration overrides")
+    return parser
+
+
+def main(
+    run: Callable[[Config, bool], int | None],
+    description: str,
+    section: str,
+    argv: list[str] | None = None,
+) -> int:
+    """Parse the command line, load the configuration and run one stage; return the exit status."""
+    parser = build_parser(description, section)
+    arguments = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(arguments.config, arguments.overrides, default_section=section)
+        status = run(config, arguments.force)
+    except (ConfigError, PipelineError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: outputs already written are complete; re-run to continue", file=sys.stderr)
+        return 130
+    return int(status or 0)

@@ -1,0 +1,432 @@
+"""One configuration for every stage, read from TOML and overridable per run.
+
+The schema is the set of dataclasses below: their defaults are the built-in values, a TOML file
+overrides some of them (a section per stage), and ``KEY=VALUE`` words on a script's command line
+override the file. Unknown sections or keys and values of the wrong type stop the program at
+start-up with a message that names the key, so a typo never silently falls back to a default.
+
+Relative paths are resolved against the current working directory (the project root when the
+stage scripts are run as documented), never hard-coded as absolute paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used; the message names the key."""
+
+
+@dataclasses.dataclass
+class PathsConfig:
+    """Where each stage reads and writes. The data tree follows cookiecutter-data-science."""
+
+    data_dir: str = "data"
+    models_dir: str = "models"
+    reports_dir: str = "reports"
+
+    @property
+    def raw(self) -> Path:
+        return Path(self.data_dir) / "raw"
+
+    @property
+    def interim(self) -> Path:
+        return Path(self.data_dir) / "interim"
+
+    @property
+    def processed(self) -> Path:
+        return Path(self.data_dir) / "processed"
+
+    @property
+    def images_root(self) -> Path:
+        return self.interim / "images"
+
+    @property
+    def labels_root(self) -> Path:
+        return self.interim / "labels"
+
+    @property
+    def manifest(self) -> Path:
+        return self.processed / "manifest.csv"
+
+    @property
+    def split_manifest(self) -> Path:
+        return self.processed / "split_manifest.csv"
+
+    @property
+    def models(self) -> Path:
+        return Path(self.models_dir)
+
+    @property
+    def reports(self) -> Path:
+        return Path(self.reports_dir)
+
+
+@dataclasses.dataclass
+class GetDataConfig:
+    """``get_data.py``: bring archives or folders into ``data/raw`` and extract them."""
+
+    # "local": a file or folder path (or several) on this machine; "drive": a Google Drive folder
+    # or file IDs.
+    source_kind: str = "local"
+    # Local archives (zip, tar, tar.gz, rar) or folders. Empty means: nothing configured yet.
+    sources: list[str] = dataclasses.field(default_factory=list)
+    # Google Drive: a folder ID (every file in it, recursively) or explicit file IDs.
+    drive_folder_id: str = ""
+    drive_file_ids: list[str] = dataclasses.field(default_factory=list)
+    # "service_account" (a key file) or "oauth" (installed-app flow with a cached token).
+    drive_auth: str = "service_account"
+    drive_credentials_file: str = "secrets/drive-service-account.json"
+    drive_token_file: str = "secrets/drive-token.json"
+    # Only for tests and mirrors: an alternative API endpoint (the real one when empty).
+    drive_api_endpoint: str = ""
+    drive_max_retries: int = 6
+    drive_chunk_size_mb: int = 16
+    # Extract archives after bringing them in.
+    extract: bool = True
+
+
+@dataclasses.dataclass
+class ConsolidateConfig:
+    """``consolidate_data.py``: one images root and one labels root from the extracted trees."""
+
+    # "auto": hard links where the filesystem allows, copies otherwise; "hardlink"; "copy".
+    link_mode: str = "auto"
+    # Extracted archives often wrap everything in one folder (``Manually_Annotated_Images/689/...``)
+    # while label files name paths below it (``689/...``): strip such a single top folder.
+    strip_single_top_folder: bool = True
+
+
+@dataclasses.dataclass
+class LabelsConfig:
+    """``get_filenames_and_labels.py``: every supported label layout into one manifest."""
+
+    # "auto", "affectnet_csv" (original release), "affectnet_npy" (later release), "class_folders".
+    layout: str = "auto"
+    # Open every image while building the manifest, so bad files are found now, not in training.
+    check_images: bool = True
+    # Processes used to check images; 0 means one per CPU core.
+    workers: int = 0
+    # Images larger than this many pixels are rejected as possible decompression bombs.
+    max_image_pixels: int = 100_000_000
+
+
+@dataclasses.dataclass
+class InspectConfig:
+    """``inspect_images.py``: sample grids and class-distribution charts."""
+
+    samples_per_class: int = 8
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class SplitConfig:
+    """``train_valid_test_clean.py``: which classes are kept and how the splits are drawn."""
+
+    # Dropped as in the original project: the non-emotion categories, contempt and disgust.
+    drop_classes: list[str] = dataclasses.field(
+        default_factory=lambda: ["none", "uncertain", "non_face", "contempt", "disgust"]
+    )
+    # Class-balanced validation set: this many images per class (500 as in the AffectNet paper).
+    valid_per_class: int = 500
+    # A class never gives more than this fraction of its training images to validation.
+    max_valid_fraction: float = 0.5
+    # Stratified test split when the dataset has no evaluation split of its own (about 1%).
+    test_fraction: float = 0.01
+    # Use the dataset's own evaluation split (AffectNet validation.csv, a val/test folder) as test.
+    use_source_evaluation_split: bool = True
+    seed: int = 42
+
+
+@dataclasses.dataclass
+class GeneratorConfig:
+    """``custom_generator.py``: the tf.data input pipeline shared by training and evaluation."""
+
+    # Parallel decode calls; 0 means tf.data.AUTOTUNE.
+    parallel_calls: int = 0
+    shuffle_buffer: int = 10_000
+    # Keep decoded, resized images in memory after the first epoch (small datasets only).
+    cache: bool = False
+    # Extra margin around a face box, as a fraction of its size, before cropping.
+    face_margin: float = 0.0
+    # Augmentation, applied to training batches only.
+    augment: bool = True
+    flip: bool = True
+    rotation_degrees: float = 10.0
+    zoom: float = 0.1
+    translation: float = 0.1
+    contrast: float = 0.1
+    random_erasing: float = 0.0
+    # Images of the augmented batch that the script saves as a PNG.
+    preview_images: int = 16
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Shared training settings for ``model_4.py`` and ``model_6.py``."""
+
+    run_name: str = ""
+    preset: str = ""
+    image_size: int = 256
+    channels: int = 3
+    batch_size: int = 64
+    epochs: int = 5
+    learning_rate: float = 1e-3
+    # Early stopping on validation loss.
+    patience: int = 3
+    # Class-balanced loss of Cui et al. 2019: weights from the effective number of samples.
+    class_balanced_beta: float = 0.9999
+    label_smoothing: float = 0.0
+    seed: int = 0
+    # Steps per epoch cap (0: the whole training split); for smoke runs and benchmarks.
+    max_steps_per_epoch: int = 0
+    # "tf_data" (parallel tf.data pipeline) or "arrays" (decoded in memory; any Keras backend).
+    input_mode: str = "tf_data"
+    # Architecture of model_4 (the custom VGG-type CNN).
+    conv_filters: list[int] = dataclasses.field(default_factory=list)
+    dense_units: list[int] = dataclasses.field(default_factory=list)
+    conv_dropout: float = 0.3
+    dense_dropout: float = 0.25
+    # Architecture of model_6 (ResNet50 transfer learning).
+    weights: str = ""
+    frozen_fraction: float = 0.8
+
+
+@dataclasses.dataclass
+class EvaluationConfig:
+    """``model_evaluation_4.py`` / ``model_evaluation_6.py``."""
+
+    # The saved model; empty means the best model of the matching training run.
+    model: str = ""
+    # "test" (the split stage's test set), "valid", or a path to any dataset the pipeline reads.
+    dataset: str = "test"
+    batch_size: int = 64
+    # Name of the report folder and of the row in the comparison table; empty: the run name.
+    name: str = ""
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    """``demo.ipynb``: classify every image of a folder."""
+
+    model: str = ""
+    images_dir: str = "images"
+    output_dir: str = "reports/demo"
+
+
+@dataclasses.dataclass
+class Config:
+    paths: PathsConfig = dataclasses.field(default_factory=PathsConfig)
+    get_data: GetDataConfig = dataclasses.field(default_factory=GetDataConfig)
+    consolidate: ConsolidateConfig = dataclasses.field(default_factory=ConsolidateConfig)
+    labels: LabelsConfig = dataclasses.field(default_factory=LabelsConfig)
+    inspect: InspectConfig = dataclasses.field(default_factory=InspectConfig)
+    split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
+    generator: GeneratorConfig = dataclasses.field(default_factory=GeneratorConfig)
+    model_4: ModelConfig = dataclasses.field(
+        default_factory=lambda: ModelConfig(run_name="model_4", preset="seed")
+    )
+    model_6: ModelConfig = dataclasses.field(
+        default_factory=lambda: ModelConfig(
+            run_name="model_6", preset="resnet50", image_size=224, weights="imagenet"
+        )
+    )
+    model_evaluation_4: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
+    model_evaluation_6: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
+    demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Architecture presets: a preset fills the architecture keys that the file and the command line
+# leave unset. "seed" is the original project's custom CNN, exactly.
+MODEL_PRESETS: dict[str, dict[str, object]] = {
+    "seed": {
+        "conv_filters": [64, 128, 256, 256],
+        "dense_units": [128, 64],
+        "conv_dropout": 0.3,
+        "dense_dropout": 0.25,
+    },
+    "resnet50": {},
+}
+
+
+def _section_types(section_class: type) -> dict[str, object]:
+    return typing.get_type_hints(section_class)
+
+
+def _describe_type(expected: object) -> str:
+    return getattr(expected, "__name__", None) or str(expected).replace("typing.", "")
+
+
+def _coerce(key: str, value: object, expected: object) -> object:
+    """Return ``value`` checked against the field type ``expected``; raise ConfigError if wrong."""
+    origin = typing.get_origin(expected)
+    if origin is list:
+        (item_type,) = typing.get_args(expected)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list of {_describe_type(item_type)}, got {value!r}")
+        return [_coerce(f"{key}[{index}]", item, item_type) for index, item in enumerate(value)]
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if expected is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if expected is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if expected is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {expected!r}")  # pragma: no cover - schema bug
+
+
+def _parse_override_value(text: str) -> object:
+    """Parse the right-hand side of ``KEY=VALUE`` as a TOML value, or keep it as a plain string."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_overrides(words: list[str], default_section: str | None) -> dict[str, dict[str, object]]:
+    """Turn ``["epochs=2", "split.seed=3"]`` into ``{"model_4": {"epochs": 2}, "split": {...}}``."""
+    overrides: dict[str, dict[str, object]] = {}
+    for word in words:
+        if "=" not in word:
+            raise ConfigError(f"override {word!r} is not of the form KEY=VALUE (or SECTION.KEY=VALUE)")
+        key, text = word.split("=", 1)
+        key = key.strip().lstrip("-").replace("-", "_")
+        if "." in key:
+            section, name = key.split(".", 1)
+        elif default_section is not None:
+            section, name = default_section, key
+        else:
+            raise ConfigError(f"override {word!r} needs a section: write SECTION.KEY=VALUE")
+        overrides.setdefault(section, {})[name] = _parse_override_value(text)
+    return overrides
+
+
+def _merge_layers(layers: list[tuple[str, dict]]) -> dict[str, dict[str, object]]:
+    merged: dict[str, dict[str, object]] = {}
+    section_names = {field.name for field in dataclasses.fields(Config)}
+    for origin, layer in layers:
+        for section, values in layer.items():
+            if section not in section_names:
+                raise ConfigError(
+                    f"{origin}: unknown section [{section}]; known sections: {', '.join(sorted(section_names))}"
+                )
+            if not isinstance(values, dict):
+                raise ConfigError(f"{origin}: [{section}] must be a table of keys")
+            merged.setdefault(section, {}).update(values)
+    return merged
+
+
+def build_config(layers: list[tuple[str, dict]]) -> Config:
+    """Apply layers of ``{section: {key: value}}`` (file, then command line) to the defaults."""
+    config = Config()
+    merged = _merge_layers(layers)
+    for section, values in merged.items():
+        section_object = getattr(config, section)
+        types = _section_types(type(section_object))
+        # A model preset fills architecture keys that no layer set explicitly.
+        if isinstance(section_object, ModelConfig):
+            preset = values.get("preset", section_object.preset)
+            if not isinstance(preset, str) or preset not in MODEL_PRESETS:
+                raise ConfigError(
+                    f"{section}.preset: unknown preset {preset!r}; known: {', '.join(MODEL_PRESETS)}"
+                )
+            values = {**MODEL_PRESETS[preset], **values}
+        for key, value in values.items():
+            if key not in types:
+                raise ConfigError(
+                    f"unknown key {section}.{key}; known keys of [{section}]: {', '.join(sorted(types))}"
+                )
+            setattr(section_object, key, _coerce(f"{section}.{key}", value, types[key]))
+    # Sections no layer mentioned still get their preset's architecture.
+    for field in dataclasses.fields(Config):
+        section_object = getattr(config, field.name)
+        if isinstance(section_object, ModelConfig) and field.name not in merged:
+            for key, value in MODEL_PRESETS[section_object.preset].items():
+                setattr(section_object, key, value)
+    validate(config)
+    return config
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None,
+                default_section: str | None = None) -> Config:
+    """Read ``path`` (or only the defaults when None) and apply ``KEY=VALUE`` overrides."""
+    layers: list[tuple[str, dict]] = []
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"configuration file not found: {path}")
+        try:
+            layers.append((str(path), tomllib.loads(path.read_text(encoding="utf-8"))))
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: not valid TOML: {error}") from error
+    if overrides:
+        layers.append(("command line", parse_overrides(overrides, default_section)))
+    return build_config(layers)
+
+
+_CHOICES = {
+    ("get_data", "source_kind"): {"local", "drive"},
+    ("get_data", "drive_auth"): {"service_account", "oauth"},
+    ("consolidate", "link_mode"): {"auto", "hardlink", "copy"},
+    ("labels", "layout"): {"auto", "affectnet_csv", "affectnet_npy", "class_folders"},
+    ("model_4", "input_mode"): {"tf_data", "arrays"},
+    ("model_6", "input_mode"): {"tf_data", "arrays"},
+}
+
+
+def validate(config: Config) -> None:
+    """Check values that a type alone cannot: choices and ranges."""
+    for (section, key), choices in _CHOICES.items():
+        value = getattr(getattr(config, section), key)
+        if value not in choices:
+            raise ConfigError(f"{section}.{key}: {value!r} is not one of {', '.join(sorted(choices))}")
+    split = config.split
+    if not 0.0 <= split.test_fraction < 1.0:
+        raise ConfigError(f"split.test_fraction: must be in [0, 1), got {split.test_fraction}")
+    if not 0.0 < split.max_valid_fraction <= 1.0:
+        raise ConfigError(f"split.max_valid_fraction: must be in (0, 1], got {split.max_valid_fraction}")
+    if split.valid_per_class < 0:
+        raise ConfigError(f"split.valid_per_class: must not be negative, got {split.valid_per_class}")
+    for name in ("model_4", "model_6"):
+        model = getattr(config, name)
+        if model.image_size < 32:
+            raise ConfigError(f"{name}.image_size: must be at least 32, got {model.image_size}")
+        if model.channels not in (1, 3):
+            raise ConfigError(f"{name}.channels: must be 1 or 3, got {model.channels}")
+        if model.batch_size < 1 or model.epochs < 1:
+            raise ConfigError(f"{name}: batch_size and epochs must be positive")
+        if not 0.0 < model.class_balanced_beta < 1.0 and model.class_balanced_beta != 0.0:
+            raise ConfigError(f"{name}.class_balanced_beta: must be 0 (no weighting) or in (0, 1)")
+        if not 0.0 <= model.frozen_fraction <= 1.0:
+            raise ConfigError(f"{name}.frozen_fraction: must be in [0, 1], got {model.frozen_fraction}")
+        if not model.run_name:
+            raise ConfigError(f"{name}.run_name: must not be empty")
+
+
+def to_toml(config: Config) -> str:
+    """Write the whole resolved configuration as TOML (used for config/default.toml and runs)."""
+    lines: list[str] = []
+    for section, values in config.to_dict().items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {json.dumps(value)}")
+        lines.append("")
+    return "\n".join(lines)

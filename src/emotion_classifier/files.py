@@ -1,0 +1,159 @@
+"""Writing artifacts so that an interruption never leaves a half-written file.
+
+Every artifact is written to a temporary name in the destination folder and renamed over the
+final name (an atomic operation on POSIX filesystems), so a reader sees either the old file or
+the new one. Stage stamps record what a stage's outputs were made from, so a re-run with
+unchanged inputs does nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(destination: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``destination``; rename it over ``destination`` on success.
+
+    The temporary name keeps the destination's suffix (or ``suffix``) because some writers
+    (matplotlib, Keras, numpy) choose the format from it.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    suffix = destination.suffix if suffix is None else suffix
+    handle, temporary_name = tempfile.mkstemp(
+        prefix=f".{destination.stem}.", suffix=f".partial{suffix}", dir=destination.parent
+    )
+    os.close(handle)
+    temporary = Path(temporary_name)
+    try:
+        yield temporary
+        os.replace(temporary, destination)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, data: object) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def read_json(path: str | Path) -> object:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def save_npy(path: str | Path, array: np.ndarray) -> None:
+    """Save an array that loads without pickle: object arrays are refused."""
+    array = np.asarray(array)
+    if array.dtype == object:
+        raise ValueError(f"{path}: refusing to save an object array (it would need pickle to load)")
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+
+
+def load_npy(path: str | Path) -> np.ndarray:
+    """Load an array, never unpickling: a pickled file is an error, not code to run."""
+    return np.load(Path(path), allow_pickle=False)
+
+
+def save_csv(path: str | Path, frame) -> None:
+    """Save a pandas DataFrame as UTF-8 CSV without its index."""
+    with atomic_path(path) as temporary:
+        frame.to_csv(temporary, index=False)
+
+
+def save_figure(path: str | Path, figure, dpi: int = 110) -> None:
+    """Save a matplotlib figure as PNG and close it."""
+    import matplotlib.pyplot as pyplot
+
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=dpi, bbox_inches="tight")
+    pyplot.close(figure)
+
+
+def file_digest(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """MD5 of a file's content (the checksum Google Drive reports), read in chunks."""
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tree_fingerprint(paths: list[str | Path]) -> str:
+    """A cheap fingerprint of files and folders: every file's relative path, size and mtime.
+
+    Stat calls only, so it stays fast on a million images while still noticing any added,
+    removed, resized or rewritten file.
+    """
+    digest = hashlib.sha256()
+    for root in sorted(str(path) for path in paths):
+        root_path = Path(root)
+        if root_path.is_file():
+            stat = root_path.stat()
+            digest.update(f"{root}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            continue
+        if not root_path.exists():
+            digest.update(f"{root}|missing\n".encode())
+            continue
+        for directory, folder_names, file_names in os.walk(root_path):
+            folder_names.sort()
+            for name in sorted(file_names):
+                file_path = Path(directory) / name
+                stat = file_path.stat()
+                relative = file_path.relative_to(root_path)
+                digest.update(f"{root}/{relative}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+class StageStamp:
+    """Records what a stage's outputs were made from, so an unchanged re-run can do nothing.
+
+    The stamp holds a fingerprint of the stage's settings and input files, and the list of its
+    outputs. ``is_current`` is true only when the fingerprint matches and every output exists.
+    """
+
+    def __init__(self, stamp_path: str | Path, settings: object, inputs: list[str | Path]):
+        self.path = Path(stamp_path)
+        settings_text = json.dumps(settings, sort_keys=True, default=_json_default)
+        self.fingerprint = hashlib.sha256(
+            (settings_text + tree_fingerprint(inputs)).encode()
+        ).hexdigest()
+
+    def is_current(self) -> bool:
+        if not self.path.is_file():
+            return False
+        try:
+            stamp = read_json(self.path)
+        except (OSError, ValueError):
+            return False
+        if not isinstance(stamp, dict) or stamp.get("fingerprint") != self.fingerprint:
+            return False
+        return all(Path(output).exists() for output in stamp.get("outputs", []))
+
+    def record(self, outputs: list[str | Path]) -> None:
+        write_json(self.path, {"fingerprint": self.fingerprint, "outputs": [str(p) for p in outputs]})
