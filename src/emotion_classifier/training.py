@@ -1,0 +1,377 @@
+"""Training runs for ``model_4.py`` and ``model_6.py``: one self-describing, resumable folder each.
+
+A run folder ``models/<run_name>/`` holds:
+
+- ``best.keras`` and ``model_info.json``: the model of the epoch with the lowest validation loss;
+- ``config.json`` and ``config.toml``: the resolved configuration the run used;
+- ``metrics.csv``: one row per epoch (loss, accuracy, val_loss, val_accuracy);
+- ``history.png``: loss and accuracy curves of the training and validation splits;
+- ``code_version.txt``: the git commit of the code (and whether it had uncommitted changes);
+- ``training_summary.json``: epochs run, best epoch and its metrics, time, speed, class weights;
+- ``checkpoint/``: the model and optimizer after the last completed epoch and ``state.json``.
+
+Resuming: after every epoch the full model (weights and optimizer state) is saved under a new
+name and ``checkpoint/state.json`` is then rewritten to point at it, both atomically, so a run
+killed at any moment (even with SIGKILL) finds a consistent checkpoint. Started again with the
+same configuration, it drops the rows of ``metrics.csv`` that belong to epochs after that
+checkpoint, restores early stopping's counters and continues with the next epoch. A finished
+run with the same configuration does nothing; ``force`` starts over. A run folder that holds a
+run of a different configuration is never overwritten silently.
+
+Training code uses Keras only (no TensorFlow calls) except in ``input_mode = "tf_data"``, so with
+``input_mode = "arrays"`` it runs on any Keras backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from emotion_classifier import config as config_module
+from emotion_classifier import files, input_pipeline, model_io
+from emotion_classifier.cli import PipelineError
+from emotion_classifier.losses import WeightedCrossEntropy, class_balanced_weights
+from emotion_classifier.models import build_model
+
+logger = logging.getLogger(__name__)
+
+BEST_MODEL_NAME = "best.keras"
+METRICS_NAME = "metrics.csv"
+SUMMARY_NAME = "training_summary.json"
+CHECKPOINT_DIR_NAME = "checkpoint"
+STATE_NAME = "state.json"
+MODEL_SECTIONS = ("model_4", "model_6")
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping on validation loss whose counters survive an interruption."""
+
+    def __init__(self, patience: int, resumed_state: dict | None = None):
+        super().__init__(monitor="val_loss", mode="min", patience=patience)
+        self.resumed_state = resumed_state or {}
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.resumed_state.get("early_stopping_best") is not None:
+            self.best = float(self.resumed_state["early_stopping_best"])
+            self.wait = int(self.resumed_state.get("early_stopping_wait", 0))
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """After each epoch: the best model so far, then the resumable checkpoint, both atomic.
+
+    Placed after CSVLogger and EarlyStopping in the callback list, so that when its state is
+    written the epoch's metrics row and early stopping's counters are already up to date.
+    """
+
+    def __init__(self, run_dir: Path, fingerprint: str, early_stopping: ResumableEarlyStopping,
+                 images_per_epoch: int, resumed_state: dict | None = None):
+        super().__init__()
+        self.run_dir = run_dir
+        self.checkpoint_dir = run_dir / CHECKPOINT_DIR_NAME
+        self.fingerprint = fingerprint
+        self.early_stopping = early_stopping
+        self.images_per_epoch = images_per_epoch
+        state = resumed_state or {}
+        self.best_val_loss = state.get("best_val_loss")
+        self.best_epoch = state.get("best_epoch")
+        self.training_seconds = float(state.get("training_seconds", 0.0))
+        self.images_seen = int(state.get("images_seen", 0))
+        self._epoch_started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self.training_seconds += time.perf_counter() - self._epoch_started
+        self.images_seen += self.images_per_epoch
+        val_loss = logs.get("val_loss")
+        if val_loss is not None and np.isfinite(val_loss) and (
+            self.best_val_loss is None or val_loss < self.best_val_loss
+        ):
+            self.best_val_loss = float(val_loss)
+            self.best_epoch = int(epoch)
+            with files.atomic_path(self.run_dir / BEST_MODEL_NAME) as temporary:
+                self.model.save(temporary)
+        # A new name per epoch: state.json always points at a complete file, even if the
+        # process dies between the two writes.
+        checkpoint_name = f"epoch_{epoch + 1:04d}.keras"
+        with files.atomic_path(self.checkpoint_dir / checkpoint_name) as temporary:
+            self.model.save(temporary)
+        files.write_json(self.checkpoint_dir / STATE_NAME, {
+            "fingerprint": self.fingerprint,
+            "epochs_completed": int(epoch) + 1,
+            "checkpoint": checkpoint_name,
+            "best_val_loss": self.best_val_loss,
+            "best_epoch": self.best_epoch,
+            "early_stopping_best": _plain_float(self.early_stopping.best),
+            "early_stopping_wait": int(self.early_stopping.wait),
+            "stopped_early": bool(self.model.stop_training),
+            "training_seconds": self.training_seconds,
+            "images_seen": self.images_seen,
+        })
+        for older in self.checkpoint_dir.glob("epoch_*.keras"):
+            if older.name != checkpoint_name:
+                older.unlink(missing_ok=True)
+
+
+def train(config, section_name: str, force: bool = False) -> Path:
+    """Train the model of ``section_name`` ("model_4" or "model_6"); return its run folder."""
+    if section_name not in MODEL_SECTIONS:
+        raise ValueError(f"unknown model section {section_name!r}; expected one of {MODEL_SECTIONS}")
+    model_config = getattr(config, section_name)
+    run_dir = Path(config.paths.models) / model_config.run_name
+    frame, classes = input_pipeline.read_split(config)
+    training_rows = input_pipeline.split_rows(frame, "train", config.paths.split_manifest)
+    validation_rows = input_pipeline.split_rows(frame, "valid", config.paths.split_manifest)
+    counts = np.bincount(training_rows["class_index"].to_numpy(), minlength=len(classes))
+    missing = [name for name, count in zip(classes, counts) if count == 0]
+    if missing:
+        raise PipelineError(
+            f"{config.paths.split_manifest}: no training images for class(es) {', '.join(missing)}; "
+            "drop them in the split stage (split.drop_classes) or add images"
+        )
+    class_weights = class_balanced_weights(counts, model_config.class_balanced_beta)
+    fingerprint = _run_fingerprint(config, section_name)
+
+    state = _prepare_run_folder(run_dir, fingerprint, force)
+    if state is not None and state.get("finished"):
+        print(f"{run_dir} already holds a finished run of this configuration (use --force to retrain)")
+        return run_dir
+    _write_run_description(config, run_dir, classes, model_config)
+
+    initial_epoch = int(state["epochs_completed"]) if state else 0
+    # A resumed run draws fresh random numbers for its remaining epochs rather than replaying
+    # those of epoch 0.
+    keras.utils.set_random_seed(model_config.seed + initial_epoch)
+    if state:
+        checkpoint_path = run_dir / CHECKPOINT_DIR_NAME / state["checkpoint"]
+        model = keras.saving.load_model(checkpoint_path, compile=True, safe_mode=True)
+        _truncate_metrics(run_dir / METRICS_NAME, initial_epoch)
+        print(f"resuming {run_dir} after epoch {initial_epoch} of {model_config.epochs}")
+    else:
+        model = build_model(section_name, model_config, len(classes))
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=model_config.learning_rate),
+            loss=WeightedCrossEntropy(class_weights, label_smoothing=model_config.label_smoothing),
+            metrics=["accuracy"],
+        )
+
+    training_data, validation_data, steps_per_epoch = _make_inputs(
+        config, model_config, training_rows, validation_rows
+    )
+    early_stopping = ResumableEarlyStopping(model_config.patience, state)
+    checkpoint = RunCheckpoint(
+        run_dir, fingerprint, early_stopping,
+        images_per_epoch=min(len(training_rows), steps_per_epoch * model_config.batch_size),
+        resumed_state=state,
+    )
+    callbacks = [
+        keras.callbacks.CSVLogger(str(run_dir / METRICS_NAME), append=True),
+        early_stopping,
+        checkpoint,
+    ]
+    if initial_epoch < model_config.epochs and not (state and state.get("stopped_early")):
+        model.fit(
+            training_data,
+            validation_data=validation_data,
+            epochs=model_config.epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps_per_epoch if model_config.input_mode == "tf_data" else None,
+            callbacks=callbacks,
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+    _finish_run(run_dir, fingerprint, classes, counts, class_weights, model_config)
+    return run_dir
+
+
+def run_model_4(config, force: bool = False) -> int:
+    """The ``model_4.py`` stage: train the custom CNN."""
+    train(config, "model_4", force)
+    return 0
+
+
+def run_model_6(config, force: bool = False) -> int:
+    """The ``model_6.py`` stage: fine-tune ResNet50."""
+    train(config, "model_6", force)
+    return 0
+
+
+def _run_fingerprint(config, section_name: str) -> str:
+    """What a run's result depends on: its section, the input pipeline and the split files."""
+    settings = {
+        "section": section_name,
+        "model": config.to_dict()[section_name],
+        "generator": config.to_dict()["generator"],
+        "split_manifest": files.file_digest(config.paths.split_manifest),
+        "classes": files.file_digest(Path(config.paths.processed) / input_pipeline.CLASSES_FILE_NAME),
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _prepare_run_folder(run_dir: Path, fingerprint: str, force: bool) -> dict | None:
+    """The state to resume from (None: start afresh), after clearing the folder when forced."""
+    summary_path = run_dir / SUMMARY_NAME
+    state_path = run_dir / CHECKPOINT_DIR_NAME / STATE_NAME
+    if force:
+        _clear_run_folder(run_dir)
+        return None
+    if summary_path.is_file() and (run_dir / BEST_MODEL_NAME).is_file():
+        summary = files.read_json(summary_path)
+        if summary.get("fingerprint") == fingerprint:
+            return {"finished": True}
+        raise PipelineError(
+            f"{run_dir} holds a finished run of a different configuration; use --force to replace "
+            "it or set a new run_name"
+        )
+    if state_path.is_file():
+        state = files.read_json(state_path)
+        if state.get("fingerprint") != fingerprint:
+            raise PipelineError(
+                f"{run_dir} holds an unfinished run of a different configuration; use --force to "
+                "start over or set a new run_name"
+            )
+        if (run_dir / CHECKPOINT_DIR_NAME / state["checkpoint"]).is_file():
+            return state
+        logger.warning("%s points at a missing checkpoint; starting over", state_path)
+    _clear_run_folder(run_dir)
+    return None
+
+
+def _clear_run_folder(run_dir: Path) -> None:
+    """Remove what a previous run wrote (only the files this module writes)."""
+    for name in (BEST_MODEL_NAME, METRICS_NAME, SUMMARY_NAME, "history.png", model_io.MODEL_INFO_NAME):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / CHECKPOINT_DIR_NAME, ignore_errors=True)
+
+
+def _write_run_description(config, run_dir: Path, classes: list[str], model_config) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    files.write_json(run_dir / "config.json", config.to_dict())
+    files.write_text(run_dir / "config.toml", config_module.to_toml(config))
+    files.write_text(run_dir / "code_version.txt", _code_version() + "\n")
+    model_io.save_model_info(
+        run_dir / BEST_MODEL_NAME, classes, model_config.image_size, model_config.channels,
+        run_name=model_config.run_name, preset=model_config.preset,
+    )
+
+
+def _code_version() -> str:
+    """The git commit of this code, marked when the working tree has uncommitted changes."""
+    source_dir = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source_dir, capture_output=True,
+                                text=True, timeout=10)
+        if commit.returncode != 0:
+            return "unknown (not a git checkout, or no commit yet)"
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=source_dir,
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown (git not available)"
+    dirty = " with uncommitted changes" if status.stdout.strip() else ""
+    return f"git commit {commit.stdout.strip()}{dirty}"
+
+
+def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_rows: pd.DataFrame):
+    """Training and validation inputs for the configured input mode, and the steps per epoch."""
+    full_steps = math.ceil(len(training_rows) / model_config.batch_size)
+    steps = min(full_steps, model_config.max_steps_per_epoch) if model_config.max_steps_per_epoch > 0 else full_steps
+    shape = (config.paths.images_root, model_config.image_size, model_config.channels, model_config.batch_size)
+    if model_config.input_mode == "tf_data":
+        # Repeated, so that capped epochs keep drawing new batches instead of running dry.
+        training_data = input_pipeline.make_dataset(
+            training_rows, *shape, training=True, generator_config=config.generator, seed=model_config.seed
+        ).repeat()
+        validation_data = input_pipeline.make_dataset(
+            validation_rows, *shape, training=False, generator_config=config.generator
+        )
+        return training_data, validation_data, steps
+    workers = config.generator.parallel_calls or os.cpu_count() or 1
+    training_data = input_pipeline.ImageBatches(
+        training_rows, *shape, training=True, generator_config=config.generator,
+        seed=model_config.seed, max_batches=steps, workers=workers,
+    )
+    validation_data = input_pipeline.ImageBatches(
+        validation_rows, *shape, training=False, generator_config=config.generator, workers=workers,
+    )
+    return training_data, validation_data, steps
+
+
+def _truncate_metrics(metrics_path: Path, epochs_completed: int) -> None:
+    """Keep only the rows of epochs the checkpoint covers, so every epoch appears once."""
+    if not metrics_path.is_file():
+        return
+    metrics = pd.read_csv(metrics_path)
+    kept = metrics[metrics["epoch"] < epochs_completed]
+    if len(kept) != len(metrics):
+        files.save_csv(metrics_path, kept)
+
+
+def _finish_run(run_dir: Path, fingerprint: str, classes: list[str], counts: np.ndarray,
+                class_weights: np.ndarray, model_config) -> None:
+    """Write history.png and training_summary.json from the complete metrics and state."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as pyplot
+
+    state = files.read_json(run_dir / CHECKPOINT_DIR_NAME / STATE_NAME)
+    metrics = pd.read_csv(run_dir / METRICS_NAME)
+    if metrics.empty or not (run_dir / BEST_MODEL_NAME).is_file():
+        raise PipelineError(f"{run_dir}: training ended without a completed epoch")
+    figure, (loss_axis, accuracy_axis) = pyplot.subplots(1, 2, figsize=(11, 4))
+    epochs = metrics["epoch"] + 1
+    for axis, metric, title in ((loss_axis, "loss", "Loss"), (accuracy_axis, "accuracy", "Accuracy")):
+        axis.plot(epochs, metrics[metric], marker="o", label="train")
+        if f"val_{metric}" in metrics:
+            axis.plot(epochs, metrics[f"val_{metric}"], marker="o", label="valid")
+        axis.set_xlabel("epoch")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(f"{model_config.run_name}: training history")
+    files.save_figure(run_dir / "history.png", figure)
+
+    best_row = metrics.loc[metrics["val_loss"].idxmin()]
+    seconds = float(state["training_seconds"])
+    files.write_json(run_dir / SUMMARY_NAME, {
+        "run_name": model_config.run_name,
+        "fingerprint": fingerprint,
+        "epochs_run": int(len(metrics)),
+        "epochs_configured": model_config.epochs,
+        "stopped_early": bool(state.get("stopped_early")),
+        "best_epoch": int(best_row["epoch"]) + 1,
+        "best_val_loss": float(best_row["val_loss"]),
+        "best_val_accuracy": float(best_row.get("val_accuracy", float("nan"))),
+        "seconds": round(seconds, 2),
+        # Training images per second of epoch time (validation included).
+        "images_per_second": round(state["images_seen"] / seconds, 1) if seconds > 0 else None,
+        "input_mode": model_config.input_mode,
+        "keras_backend": keras.backend.backend(),
+        "classes": classes,
+        "training_counts": [int(count) for count in counts],
+        "class_balanced_beta": model_config.class_balanced_beta,
+        "class_weights": [round(float(weight), 6) for weight in class_weights],
+    })
+    print(f"finished {run_dir}: best epoch {int(best_row['epoch']) + 1}, "
+          f"val_loss {float(best_row['val_loss']):.4f}, val_accuracy {float(best_row.get('val_accuracy', float('nan'))):.3f}")
+
+
+def _plain_float(value) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if np.isfinite(value) else None

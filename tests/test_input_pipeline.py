@@ -1,0 +1,253 @@
+"""The tf.data pipeline and its Pillow twin, on generated images and real FER2013 images."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from emotion_classifier import input_pipeline
+from emotion_classifier.config import Config, GeneratorConfig
+from emotion_classifier.input_pipeline import (
+    ImageBatches,
+    crop_bounds,
+    load_arrays,
+    load_image,
+    make_dataset,
+    read_split,
+)
+from emotion_classifier.manifest import MANIFEST_COLUMNS
+
+FER_ROOT = Path("/work/shared/datasets/fer2013")
+BACKGROUND = (200, 30, 30)
+FACE_COLOUR = (20, 40, 220)
+FACE_BOX = (10, 20, 30, 16)  # x, y, width, height inside a 64x48 image
+
+
+def manifest_frame(filenames, class_indices, splits=None, boxes=None) -> pd.DataFrame:
+    """A split manifest with every manifest column, as the split stage writes it."""
+    rows = []
+    for position, (filename, class_index) in enumerate(zip(filenames, class_indices)):
+        box = boxes[position] if boxes is not None and boxes[position] is not None else (np.nan,) * 4
+        row = {column: np.nan for column in MANIFEST_COLUMNS}
+        row.update(filename=filename, label=f"class_{class_index}", label_id=int(class_index),
+                   source_label=str(class_index), source_split="", source_file="fixture",
+                   landmarks="", face_x=box[0], face_y=box[1], face_width=box[2], face_height=box[3])
+        row["split"] = splits[position] if splits is not None else "train"
+        row["class_index"] = int(class_index)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def copy_fer_images(destination: Path, per_class: int, classes=("happy", "sad", "angry"),
+                    subset: str = "train") -> tuple[list[str], list[int]]:
+    """Copy a few real FER2013 images per class under ``destination``; return names and labels."""
+    filenames, labels = [], []
+    for class_index, class_name in enumerate(classes):
+        source_folder = FER_ROOT / subset / class_name
+        for source in sorted(source_folder.iterdir())[:per_class]:
+            relative = f"{class_name}/{source.name}"
+            (destination / class_name).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, destination / relative)
+            filenames.append(relative)
+            labels.append(class_index)
+    return filenames, labels
+
+
+def write_split_fixture(data_dir: Path, per_class: int = 6, classes=("happy", "sad", "angry")) -> Config:
+    """A data tree as the split stage leaves it: images, split_manifest.csv and classes.json."""
+    config = Config()
+    config.paths.data_dir = str(data_dir / "data")
+    config.paths.models_dir = str(data_dir / "models")
+    config.paths.reports_dir = str(data_dir / "reports")
+    images_root = Path(config.paths.images_root)
+    filenames, labels = copy_fer_images(images_root, per_class, classes)
+    # Per class: the first two images are validation, one is test, the rest training.
+    splits = []
+    for position, label in enumerate(labels):
+        rank = position - labels.index(label)
+        splits.append("valid" if rank < 2 else "test" if rank == 2 else "train")
+    frame = manifest_frame(filenames, labels, splits)
+    Path(config.paths.processed).mkdir(parents=True, exist_ok=True)
+    frame.to_csv(config.paths.split_manifest, index=False)
+    (Path(config.paths.processed) / "classes.json").write_text(json.dumps({"classes": list(classes)}))
+    return config
+
+
+@pytest.fixture
+def coloured_images(tmp_path) -> tuple[Path, pd.DataFrame]:
+    """Lossless PNGs: a red background with a blue face box, in RGB, gray, RGBA and 16-bit gray."""
+    root = tmp_path / "images"
+    root.mkdir()
+    pixels = np.zeros((48, 64, 3), dtype="uint8")
+    pixels[:] = BACKGROUND
+    x, y, width, height = FACE_BOX
+    pixels[y:y + height, x:x + width] = FACE_COLOUR
+    Image.fromarray(pixels).save(root / "rgb.png")
+    Image.fromarray(pixels).convert("RGBA").save(root / "rgba.png")
+    gray = np.full((48, 64), 100, dtype="uint16")
+    gray[y:y + height, x:x + width] = 50_000
+    Image.fromarray(gray).save(root / "gray16.png")
+    frame = manifest_frame(
+        ["rgb.png", "rgb.png", "rgba.png", "gray16.png"], [0, 1, 0, 1],
+        boxes=[FACE_BOX, None, FACE_BOX, FACE_BOX],
+    )
+    return root, frame
+
+
+def no_augmentation() -> GeneratorConfig:
+    return GeneratorConfig(augment=False)
+
+
+def test_dataset_shapes_value_range_and_face_box_crop(coloured_images):
+    root, frame = coloured_images
+    dataset = make_dataset(frame, root, 32, 3, 4, training=False, generator_config=no_augmentation())
+    images, labels = next(iter(dataset))
+    images, labels = images.numpy(), labels.numpy()
+    assert images.shape == (4, 32, 32, 3) and images.dtype == np.float32
+    assert labels.dtype == np.int32 and labels.tolist() == [0, 1, 0, 1]
+    assert images.min() >= 0.0 and images.max() <= 255.0 and images.max() > 200.0
+    # With its box, the crop is the blue face only; without one, the red background dominates.
+    np.testing.assert_allclose(images[0].reshape(-1, 3).mean(axis=0), FACE_COLOUR, atol=1.0)
+    np.testing.assert_allclose(images[2].reshape(-1, 3).mean(axis=0), FACE_COLOUR, atol=1.0)
+    assert images[1][..., 0].mean() > 150.0
+    # The 16-bit gray face (50000 of 65535) is scaled to 8 bits, not clipped to 255.
+    assert images[3].mean() == pytest.approx(50_000 / 257, abs=2.0)
+
+
+def test_face_margin_grows_the_crop_and_is_clamped_to_the_image(coloured_images):
+    root, frame = coloured_images
+    assert crop_bounds(FACE_BOX, 0.5, 64, 48) == (0, 12, 55, 44)
+    assert crop_bounds((60, 40, 30, 30), 0.0, 64, 48) == (60, 40, 64, 48)
+    assert crop_bounds((100, 100, 5, 5), 0.0, 64, 48) == (63, 47, 64, 48)
+    generator_config = dataclasses.replace(no_augmentation(), face_margin=0.5)
+    images, _ = next(iter(make_dataset(frame.iloc[:1], root, 32, 3, 1, False, generator_config)))
+    red_share = (images.numpy()[0][..., 0] > 100).mean()
+    assert 0.2 < red_share < 0.8, "a margin of half the box shows background around the face"
+    pillow_images, _ = load_arrays(frame.iloc[:1], root, 32, 3, face_margin=0.5)
+    assert np.abs(pillow_images - images.numpy()).mean() < 2.0
+
+
+def test_tf_data_and_pillow_paths_agree_on_real_images(tmp_path):
+    filenames, labels = copy_fer_images(tmp_path, per_class=4)
+    boxes = [(5, 6, 30, 36) if position % 2 else None for position in range(len(filenames))]
+    frame = manifest_frame(filenames, labels, boxes=boxes)
+    for channels in (3, 1):
+        dataset = make_dataset(frame, tmp_path, 40, channels, 64, False, no_augmentation())
+        tf_images, tf_labels = next(iter(dataset))
+        pillow_images, pillow_labels = load_arrays(frame, tmp_path, 40, channels)
+        assert pillow_images.shape == tuple(tf_images.shape) == (12, 40, 40, channels)
+        np.testing.assert_array_equal(pillow_labels, tf_labels.numpy())
+        assert np.abs(pillow_images - tf_images.numpy()).mean() < 1.0
+        assert 0.0 <= pillow_images.min() and pillow_images.max() <= 255.0 and pillow_images.max() > 100
+
+
+def test_augmentation_only_for_training_and_values_stay_in_range(tmp_path):
+    filenames, labels = copy_fer_images(tmp_path, per_class=4)
+    frame = manifest_frame(filenames, labels)
+    # FER2013 has a few blank images, which no augmentation changes: leave them out.
+    textured = [index for index, image in enumerate(load_arrays(frame, tmp_path, 32, 3)[0]) if image.std() > 5]
+    frame = frame.iloc[textured[:9]].reset_index(drop=True)
+    labels = frame["class_index"].tolist()
+    strong = GeneratorConfig(rotation_degrees=30.0, zoom=0.3, translation=0.2, contrast=0.5,
+                             random_erasing=1.0)
+    evaluation = [batch[0].numpy() for batch in make_dataset(frame, tmp_path, 32, 3, 9, False, strong)]
+    again = [batch[0].numpy() for batch in make_dataset(frame, tmp_path, 32, 3, 9, False, strong)]
+    np.testing.assert_array_equal(evaluation[0], again[0])
+    reference, _ = load_arrays(frame, tmp_path, 32, 3)
+    assert np.abs(evaluation[0] - reference).mean() < 1.5, "evaluation batches are not augmented"
+
+    training = make_dataset(frame, tmp_path, 32, 3, 9, True, strong)
+    images, batch_labels = next(iter(training))
+    images = images.numpy()
+    assert images.shape == (9, 32, 32, 3)
+    assert images.min() >= 0.0 and images.max() <= 255.0 and images.max() > 100.0
+    assert sorted(batch_labels.numpy().tolist()) == sorted(labels)
+    # Match each augmented image to its unaugmented original through the order-free label set:
+    # none may be pixel-identical to any original.
+    differences = np.abs(images[:, None] - reference[None]).mean(axis=(2, 3, 4))
+    assert differences.min() > 1.0
+
+
+def test_unreadable_file_is_skipped_not_fatal(tmp_path):
+    filenames, labels = copy_fer_images(tmp_path, per_class=2)
+    (tmp_path / "broken.jpg").write_bytes(b"this is not an image")
+    frame = manifest_frame(filenames + ["broken.jpg"], labels + [0])
+    dataset = make_dataset(frame, tmp_path, 32, 1, 4, True, no_augmentation())
+    count = sum(int(images.shape[0]) for images, _ in dataset)
+    assert count == len(filenames)
+
+    batches = ImageBatches(frame, tmp_path, 32, 1, 8, False, no_augmentation())
+    images, batch_labels = batches[0]
+    assert images.shape == (6, 32, 32, 1) and batch_labels.shape == (6,)
+    assert batches.unreadable_files == [str(tmp_path / "broken.jpg")]
+
+    with pytest.raises(Exception, match="broken.jpg"):
+        load_arrays(frame, tmp_path, 32, 1)
+    images, kept_labels = load_arrays(frame, tmp_path, 32, 1, skip_unreadable=True)
+    assert len(images) == len(kept_labels) == len(filenames)
+
+
+def test_image_batches_shuffle_cap_and_augment(tmp_path):
+    filenames, labels = copy_fer_images(tmp_path, per_class=4)
+    frame = manifest_frame(filenames, labels)
+    batches = ImageBatches(frame, tmp_path, 32, 3, 5, True, GeneratorConfig(), seed=1, max_batches=2)
+    assert len(batches) == 2
+    first_order = batches._order.copy()
+    images, batch_labels = batches[0]
+    assert images.shape == (5, 32, 32, 3) and images.dtype == np.float32
+    assert 0.0 <= images.min() and images.max() <= 255.0
+    batches.on_epoch_end()
+    assert not np.array_equal(first_order, batches._order)
+    evaluation = ImageBatches(frame, tmp_path, 32, 3, 5, False, GeneratorConfig())
+    assert len(evaluation) == 3
+    np.testing.assert_array_equal(evaluation[2][1], np.array(labels[10:], dtype="int32"))
+
+
+def test_load_image_respects_exif_orientation_and_cmyk(tmp_path):
+    pixels = np.zeros((20, 40, 3), dtype="uint8")
+    pixels[:, :20] = (255, 255, 255)  # white left half, black right half
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(pixels).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    upright = load_image(tmp_path / "rotated.jpg", 20, 1)
+    # Rotated clockwise, the white left half becomes the top half.
+    assert upright[:8].mean() > 200 and upright[12:].mean() < 50
+
+    Image.fromarray(pixels).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    cmyk = load_image(tmp_path / "cmyk.jpg", 20, 3)
+    assert cmyk.shape == (20, 20, 3)
+    assert cmyk[:, :8].mean() > 200 and cmyk[:, 12:].mean() < 50
+
+
+def test_read_split_requires_the_split_stage_outputs(tmp_path):
+    config = Config()
+    config.paths.data_dir = str(tmp_path / "data")
+    with pytest.raises(Exception, match="split stage"):
+        read_split(config)
+    config = write_split_fixture(tmp_path, per_class=4)
+    frame, classes = read_split(config)
+    assert classes == ["happy", "sad", "angry"]
+    assert set(frame["split"]) == {"train", "valid", "test"}
+
+
+def test_generator_stage_writes_preview_and_skips_when_up_to_date(tmp_path, capsys):
+    config = write_split_fixture(tmp_path, per_class=6)
+    config.model_4.image_size = 32
+    config.model_4.batch_size = 4
+    config.generator.preview_images = 4
+    assert input_pipeline.run(config) == 0
+    figure = Path(config.paths.reports) / "figures" / "augmented_batch.png"
+    assert figure.is_file() and Image.open(figure).size[0] > 100
+    printed = capsys.readouterr().out
+    assert "images/s" in printed
+    summary = json.loads(printed.splitlines()[0])
+    assert summary["images_per_second"] > 0 and summary["value_range"][1] <= 255.0
+    assert input_pipeline.run(config) == 0
+    assert "up to date" in capsys.readouterr().out

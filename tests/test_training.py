@@ -1,0 +1,149 @@
+"""Tiny training runs: every run-folder file, both input modes, resume after SIGKILL, re-runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from emotion_classifier import model_io, training
+from emotion_classifier.cli import PipelineError
+from test_input_pipeline import write_split_fixture
+
+RUN_FILES = ("best.keras", "model_info.json", "config.json", "config.toml", "metrics.csv",
+             "history.png", "code_version.txt", "training_summary.json")
+
+
+def tiny_config(tmp_path: Path, input_mode: str = "tf_data", epochs: int = 2):
+    """Three FER classes, 3 training and 2 validation images each, a two-block CNN at 32x32."""
+    config = write_split_fixture(tmp_path, per_class=6)
+    section = config.model_4
+    section.image_size = 32
+    section.channels = 1
+    section.batch_size = 4
+    section.epochs = epochs
+    section.patience = 10
+    section.conv_filters = [4, 8]
+    section.dense_units = [8]
+    section.input_mode = input_mode
+    section.class_balanced_beta = 0.9
+    config.generator.parallel_calls = 2
+    return config
+
+
+def test_tiny_training_run_writes_every_run_file_and_the_model_loads(tmp_path):
+    config = tiny_config(tmp_path)
+    run_dir = training.train(config, "model_4")
+    assert run_dir == Path(config.paths.models) / "model_4"
+    for name in RUN_FILES:
+        assert (run_dir / name).is_file(), name
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert metrics["epoch"].tolist() == [0, 1]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(metrics.columns)
+    summary = json.loads((run_dir / "training_summary.json").read_text())
+    assert summary["epochs_run"] == 2
+    assert summary["best_val_loss"] == pytest.approx(metrics["val_loss"].min())
+    assert summary["training_counts"] == [3, 3, 3]
+    assert summary["class_weights"] == pytest.approx([1.0, 1.0, 1.0])
+    assert json.loads((run_dir / "config.json").read_text())["model_4"]["image_size"] == 32
+    assert "[model_4]" in (run_dir / "config.toml").read_text()
+    model, info = model_io.load_trained_model(run_dir / "best.keras")
+    assert info["classes"] == ["happy", "sad", "angry"] and info["image_size"] == 32
+    probabilities = model.predict(np.full((2, 32, 32, 1), 128.0, dtype="float32"), verbose=0)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+    # The same configuration again does nothing; a changed one is refused without force.
+    best_mtime = (run_dir / "best.keras").stat().st_mtime_ns
+    training.train(config, "model_4")
+    assert (run_dir / "best.keras").stat().st_mtime_ns == best_mtime
+    config.model_4.learning_rate = 0.01
+    with pytest.raises(PipelineError, match="different configuration"):
+        training.train(config, "model_4")
+    training.train(config, "model_4", force=True)
+    assert pd.read_csv(run_dir / "metrics.csv")["epoch"].tolist() == [0, 1]
+
+
+def test_arrays_input_mode_trains_with_capped_steps(tmp_path):
+    config = tiny_config(tmp_path, input_mode="arrays")
+    config.model_4.max_steps_per_epoch = 2
+    config.model_4.class_balanced_beta = 0.0
+    run_dir = training.train(config, "model_4")
+    summary = json.loads((run_dir / "training_summary.json").read_text())
+    assert summary["input_mode"] == "arrays" and summary["epochs_run"] == 2
+    assert summary["images_per_second"] > 0
+    model, _ = model_io.load_trained_model(run_dir / "best.keras")
+    assert model.output_shape == (None, 3)
+
+
+def test_classes_without_training_images_are_reported(tmp_path):
+    config = tiny_config(tmp_path)
+    classes_path = Path(config.paths.processed) / "classes.json"
+    classes_path.write_text(json.dumps({"classes": ["happy", "sad", "angry", "fear"]}))
+    with pytest.raises(PipelineError, match="fear"):
+        training.train(config, "model_4")
+
+
+CHILD_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from emotion_classifier import input_pipeline, training
+    from emotion_classifier.config import load_config
+
+    # Slow every batch down so that the parent's kill lands in the middle of an epoch.
+    original = input_pipeline.ImageBatches.__getitem__
+    def slow(self, index):
+        time.sleep(float(sys.argv[2]))
+        return original(self, index)
+    input_pipeline.ImageBatches.__getitem__ = slow
+    training.train(load_config(sys.argv[1]), "model_4")
+""")
+
+
+@pytest.mark.slow
+def test_run_killed_mid_epoch_resumes_and_logs_each_epoch_once(tmp_path):
+    config = tiny_config(tmp_path, input_mode="arrays", epochs=3)
+    config.generator.parallel_calls = 1
+    config_path = tmp_path / "tiny.toml"
+    from emotion_classifier.config import to_toml
+
+    config_path.write_text(to_toml(config))
+    run_dir = Path(config.paths.models) / "model_4"
+    state_path = run_dir / "checkpoint" / "state.json"
+    environment = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"))
+    child = subprocess.Popen([sys.executable, "-c", CHILD_SCRIPT, str(config_path), "0.6"],
+                             env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not state_path.is_file():
+            assert child.poll() is None, "the training subprocess ended before its first epoch"
+            assert time.monotonic() < deadline, "no epoch completed within two minutes"
+            time.sleep(0.1)
+        # Epoch 2 has 3 training batches of 0.6 s each: one second in, it is half done.
+        time.sleep(1.0)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == -signal.SIGKILL
+    assert json.loads(state_path.read_text())["epochs_completed"] == 1
+    assert not (run_dir / "training_summary.json").exists()
+
+    resumed = subprocess.run([sys.executable, "-c", CHILD_SCRIPT, str(config_path), "0"],
+                             env=environment, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stdout
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert metrics["epoch"].tolist() == [0, 1, 2]
+    summary = json.loads((run_dir / "training_summary.json").read_text())
+    assert summary["epochs_run"] == 3
+    model, info = model_io.load_trained_model(run_dir / "best.keras")
+    assert model.output_shape == (None, 3) and info["channels"] == 1
