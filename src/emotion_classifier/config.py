@@ -11,6 +11,7 @@ stage scripts are run as documented), never hard-coded as absolute paths.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import tomllib
@@ -165,6 +166,14 @@ class GeneratorConfig:
     # Images of the augmented batch that the script saves as a PNG.
     preview_images: int = 16
     seed: int = 0
+    # Where training reads images: "files" (decode every epoch) or "tfrecords" (decoded,
+    # face-cropped and resized once into sharded TFRecord files, read with interleaving).
+    source: str = "files"
+    # Folder of the TFRecord shards; empty means <data_dir>/processed/tfrecords.
+    tfrecord_dir: str = ""
+    # Images per TFRecord shard, and threads writing shards (0: one per CPU core).
+    tfrecord_shard_images: int = 2000
+    tfrecord_workers: int = 0
 
 
 @dataclasses.dataclass
@@ -188,6 +197,13 @@ class ModelConfig:
     max_steps_per_epoch: int = 0
     # "tf_data" (parallel tf.data pipeline) or "arrays" (decoded in memory; any Keras backend).
     input_mode: str = "tf_data"
+    # Devices: "auto" (MultiWorkerMirroredStrategy when TF_CONFIG is set, MirroredStrategy with
+    # several GPUs, else none), "none", "mirrored" (all GPUs of this machine) or "multi_worker".
+    strategy: str = "auto"
+    # float16 computation with float32 weights (fast on GPUs with tensor cores, slow on CPUs).
+    mixed_precision: bool = False
+    # XLA compilation of the training step: "auto" (Keras decides), "on" or "off".
+    xla: str = "auto"
     # Architecture of model_4 (the custom VGG-type CNN).
     conv_filters: list[int] = dataclasses.field(default_factory=list)
     dense_units: list[int] = dataclasses.field(default_factory=list)
@@ -204,7 +220,8 @@ class EvaluationConfig:
 
     # The saved model; empty means the best model of the matching training run.
     model: str = ""
-    # "test" (the split stage's test set), "valid", or a path to any dataset the pipeline reads.
+    # "test" (the split stage's test set), "valid", or a dataset folder (a folder per class,
+    # optionally inside train/, val/, test/): its test part, else its val part, else all of it.
     dataset: str = "test"
     batch_size: int = 64
     # Name of the report folder and of the row in the comparison table; empty: the run name.
@@ -215,34 +232,74 @@ class EvaluationConfig:
 class DemoConfig:
     """``demo.ipynb``: classify every image of a folder."""
 
+    # The saved model; empty means model_4's best model.
     model: str = ""
     images_dir: str = "images"
-    output_dir: str = "reports/demo"
+    # Where predictions, figures and the executed notebook go; empty means <reports_dir>/demo.
+    output_dir: str = ""
 
 
 @dataclasses.dataclass
-class Config:
-    paths: PathsConfig = dataclasses.field(default_factory=PathsConfig)
-    get_data: GetDataConfig = dataclasses.field(default_factory=GetDataConfig)
-    consolidate: ConsolidateConfig = dataclasses.field(default_factory=ConsolidateConfig)
-    labels: LabelsConfig = dataclasses.field(default_factory=LabelsConfig)
-    inspect: InspectConfig = dataclasses.field(default_factory=InspectConfig)
-    split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
-    generator: GeneratorConfig = dataclasses.field(default_factory=GeneratorConfig)
-    model_4: ModelConfig = dataclasses.field(
-        default_factory=lambda: ModelConfig(run_name="model_4", preset="seed")
-    )
-    model_6: ModelConfig = dataclasses.field(
-        default_factory=lambda: ModelConfig(
-            run_name="model_6", preset="resnet50", image_size=224, weights="imagenet"
-        )
-    )
-    model_evaluation_4: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
-    model_evaluation_6: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
-    demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
+class PredictConfig:
+    """``emotion-predict``: find every face in photos, classify it and optionally explain it."""
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    # An image file or a folder of images (searched recursively).
+    input: str = "images"
+    # The trained Keras model; empty means the best model of model_4's training run.
+    model: str = ""
+    # A TFLite model written by the export stage; when set it classifies instead of the Keras model.
+    tflite_model: str = ""
+    output_dir: str = "reports/predict"
+    # "haar" (OpenCV's frontal-face Haar cascade, works offline) or "yunet" (needs yunet_model).
+    detector: str = "haar"
+    # Haar cascade XML file; empty means OpenCV's haarcascade_frontalface_default.xml.
+    haar_cascade: str = ""
+    # YuNet ONNX file for cv2.FaceDetectorYN (face_detection_yunet_2023mar.onnx).
+    yunet_model: str = ""
+    # Haar: size step between searched face scales, and neighbouring hits a face needs.
+    scale_factor: float = 1.1
+    min_neighbors: int = 5
+    # Smallest face searched for, in pixels of the detection image.
+    min_face_size: int = 32
+    # YuNet: lowest face score kept, and box overlap above which two boxes are merged.
+    score_threshold: float = 0.7
+    nms_threshold: float = 0.3
+    # Photos with a longer side above this are shrunk for detection only (speed); 0: never.
+    detection_max_side: int = 640
+    # Margin added on each side of a face box before cropping, as a fraction of the box side.
+    face_margin: float = 0.2
+    # Classify the whole image (flagged "whole_image") when no face is found in it.
+    classify_whole_if_no_face: bool = False
+    # Images no larger than this on their longer side are face crops already (FER2013 is 48x48):
+    # when no face is found in one, it is classified whole and flagged, whatever the key above.
+    face_crop_max_side: int = 64
+    # Faces classified together in one batch.
+    batch_size: int = 32
+    # Save a Grad-CAM heat map over each face beside the annotated image (needs the Keras model).
+    explain: bool = False
+    # Grad-CAM's layer; empty means the last layer with a spatial (height x width) output.
+    gradcam_layer: str = ""
+    # The contact sheet shows at most this many faces, each on a square tile of this side.
+    contact_sheet_max_faces: int = 400
+    contact_sheet_tile: int = 112
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    """``emotion-export``: the trained model as a TensorFlow SavedModel and TFLite models."""
+
+    # The trained Keras model; empty means the best model of model_4's training run.
+    model: str = ""
+    # Where the exports and export_report.json go; empty means an "export" folder beside the model.
+    output_dir: str = ""
+    # TFLite models written: any of "float32", "float16", "int8".
+    tflite_variants: list[str] = dataclasses.field(default_factory=lambda: ["float32", "float16", "int8"])
+    # Images that calibrate int8 quantisation: a folder of images, or empty for the training split.
+    representative_images: str = ""
+    representative_count: int = 200
+    # Images, apart from the calibration ones, on which each export is compared with the Keras model.
+    verification_count: int = 200
+    seed: int = 0
 
 
 # Architecture presets: a preset fills the architecture keys that the file and the command line
@@ -256,6 +313,33 @@ MODEL_PRESETS: dict[str, dict[str, object]] = {
     },
     "resnet50": {},
 }
+
+
+@dataclasses.dataclass
+class Config:
+    paths: PathsConfig = dataclasses.field(default_factory=PathsConfig)
+    get_data: GetDataConfig = dataclasses.field(default_factory=GetDataConfig)
+    consolidate: ConsolidateConfig = dataclasses.field(default_factory=ConsolidateConfig)
+    labels: LabelsConfig = dataclasses.field(default_factory=LabelsConfig)
+    inspect: InspectConfig = dataclasses.field(default_factory=InspectConfig)
+    split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
+    generator: GeneratorConfig = dataclasses.field(default_factory=GeneratorConfig)
+    model_4: ModelConfig = dataclasses.field(
+        default_factory=lambda: ModelConfig(run_name="model_4", preset="seed", **copy.deepcopy(MODEL_PRESETS["seed"]))
+    )
+    model_6: ModelConfig = dataclasses.field(
+        default_factory=lambda: ModelConfig(
+            run_name="model_6", preset="resnet50", image_size=224, weights="imagenet"
+        )
+    )
+    model_evaluation_4: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
+    model_evaluation_6: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
+    demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
+    predict: PredictConfig = dataclasses.field(default_factory=PredictConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def _section_types(section_class: type) -> dict[str, object]:
@@ -359,7 +443,7 @@ def build_config(layers: list[tuple[str, dict]]) -> Config:
     for field in dataclasses.fields(Config):
         section_object = getattr(config, field.name)
         if isinstance(section_object, ModelConfig) and field.name not in merged:
-            for key, value in MODEL_PRESETS[section_object.preset].items():
+            for key, value in copy.deepcopy(MODEL_PRESETS[section_object.preset]).items():
                 setattr(section_object, key, value)
     validate(config)
     return config
@@ -389,6 +473,12 @@ _CHOICES = {
     ("labels", "layout"): {"auto", "affectnet_csv", "affectnet_npy", "class_folders"},
     ("model_4", "input_mode"): {"tf_data", "arrays"},
     ("model_6", "input_mode"): {"tf_data", "arrays"},
+    ("model_4", "strategy"): {"auto", "none", "mirrored", "multi_worker"},
+    ("model_6", "strategy"): {"auto", "none", "mirrored", "multi_worker"},
+    ("model_4", "xla"): {"auto", "on", "off"},
+    ("model_6", "xla"): {"auto", "on", "off"},
+    ("generator", "source"): {"files", "tfrecords"},
+    ("predict", "detector"): {"haar", "yunet"},
 }
 
 
@@ -419,6 +509,10 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{name}.frozen_fraction: must be in [0, 1], got {model.frozen_fraction}")
         if not model.run_name:
             raise ConfigError(f"{name}.run_name: must not be empty")
+        if model.strategy in ("mirrored", "multi_worker") and model.input_mode != "tf_data":
+            raise ConfigError(f"{name}.strategy = {model.strategy!r} needs input_mode = \"tf_data\"")
+    if config.generator.tfrecord_shard_images < 1:
+        raise ConfigError("generator.tfrecord_shard_images: must be at least 1")
 
 
 def to_toml(config: Config) -> str:
