@@ -11,7 +11,7 @@ CONFIG ?= config/sample.toml
 ARGS ?=
 STAGE = $(VENV_PYTHON) $(1) --config $(CONFIG) $(ARGS)
 
-.PHONY: help run test test-all bench venv clean stages get_data consolidate labels inspect split generator model_4 evaluate_4 model_6 evaluate_6 demo
+.PHONY: help run test test-all bench predict export venv clean stages get_data consolidate labels inspect split generator model_4 evaluate_4 model_6 evaluate_6 demo
 
 help: ## List the targets.
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -50,6 +50,18 @@ evaluate_4: venv ; $(call STAGE,model_evaluation_4.py)
 model_6: venv ; $(call STAGE,model_6.py)
 evaluate_6: venv ; $(call STAGE,model_evaluation_6.py)
 demo: venv ; $(VENV_PYTHON) -m emotion_classifier.demo --config $(CONFIG) $(ARGS)
+
+predict: venv ## Find and classify every face in INPUT (default images/) with the shipped model.
+	$(VENV_PYTHON) -m emotion_classifier.predict $(or $(INPUT),images) --output reports/predict $(ARGS)
+
+export: venv ## Export MODEL (default: the shipped model) as SavedModel and TFLite (float32, float16, int8).
+	$(VENV_PYTHON) -m emotion_classifier.export $(if $(MODEL),--model $(MODEL)) $(ARGS)
+
+bench: venv ## Run the benchmarks (input pipeline, training, label scale, predict speed); JSON in reports/bench/.
+	$(VENV_PYTHON) bench/input_pipeline.py
+	$(VENV_PYTHON) bench/training.py
+	$(VENV_PYTHON) bench/scale.py
+	$(VENV_PYTHON) bench/predict_speed.py
 
 test: venv ## Run the default test suite (fast; slow tests excluded).
 	$(VENV_PYTHON) -m pytest

@@ -1,43 +1,36 @@
-"""The demo: lenient image reading, folder classification, and the notebook executed headless."""
+"""The demo: a folder of real pictures labelled through ``predict``, and the notebook executed headless."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
+import matplotlib
 import nbformat
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from emotion_classifier import demo, model_io, notebook
+from emotion_classifier import demo, model_io, notebook, predict
 from emotion_classifier.cli import PipelineError
 from emotion_classifier.config import Config
+from model_fixtures import save_tiny_model
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+FER_CROP = REPOSITORY_ROOT / "images" / "happy_PublicTest_10181609.jpg"
 CLASSES = ["neutral", "happy", "sad"]
-IMAGE_SIZE = 32
-EXIF_ORIENTATION_TAG = 0x0112
-
-
-def save_tiny_model(model_path: Path, classes: list[str], image_size: int = IMAGE_SIZE,
-                    channels: int = 3) -> Path:
-    """A small untrained classifier saved the way training saves one (model + model_info.json)."""
-    import keras
-
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input(shape=(image_size, image_size, channels))
-    features = keras.layers.Rescaling(1.0 / 255)(inputs)
-    features = keras.layers.Conv2D(4, 3, activation="relu")(features)
-    features = keras.layers.GlobalAveragePooling2D()(features)
-    outputs = keras.layers.Dense(len(classes), activation="softmax")(features)
-    model = keras.Model(inputs, outputs)
-    model_path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(model_path)
-    model_io.save_model_info(model_path, classes, image_size, channels, run_name=model_path.parent.name)
-    return model_path
+EXPECTED_STATUS = {
+    "portrait.jpg": predict.FACE,
+    "gray_portrait.jpg": predict.FACE,
+    "transparent_portrait.png": predict.FACE,
+    "fer/happy_crop.jpg": predict.WHOLE_IMAGE,
+    "cmyk_wall.jpeg": predict.NO_FACE,
+    "broken.jpg": predict.UNREADABLE,
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,81 +38,105 @@ def tiny_model(tmp_path_factory) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny_run" / "best.keras", CLASSES)
 
 
-def half_black_half_white(width: int, height: int, mode: str = "RGB") -> Image.Image:
-    """Left half black, right half white."""
-    pixels = np.zeros((height, width), dtype=np.uint8)
-    pixels[:, width // 2:] = 255
-    return Image.fromarray(pixels, mode="L").convert(mode)
-
-
-@pytest.fixture()
-def mixed_images(tmp_path) -> Path:
-    """One image of every awkward kind the demo must read, and one file it cannot."""
-    folder = tmp_path / "images"
-    (folder / "more").mkdir(parents=True)
-    Image.fromarray(np.full((40, 30), 90, dtype=np.uint8), mode="L").save(folder / "gray.jpg")
-    rgba = np.zeros((24, 24, 4), dtype=np.uint8)
-    rgba[..., 0] = 200
-    rgba[:, :12, 3] = 255  # the right half is fully transparent
-    Image.fromarray(rgba, mode="RGBA").save(folder / "transparent.png")
-    Image.new("CMYK", (36, 36), (0, 255, 255, 0)).save(folder / "cmyk.jpeg")
-    exif = Image.Exif()
-    exif[EXIF_ORIENTATION_TAG] = 6  # "rotate 90 degrees clockwise to display"
-    half_black_half_white(60, 30).save(folder / "more" / "rotated.JPG", exif=exif, quality=95)
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory) -> Path:
+    """A real portrait in several colour modes, a FER2013 face crop, a faceless CMYK picture, a broken file."""
+    folder = tmp_path_factory.mktemp("pictures")
+    (folder / "fer").mkdir()
+    portrait = Image.open(GRACE_HOPPER).convert("RGB")
+    portrait.save(folder / "portrait.jpg")
+    portrait.convert("L").resize((portrait.width // 2, portrait.height // 2)).save(folder / "gray_portrait.jpg")
+    transparent = portrait.convert("RGBA")
+    alpha = np.full((portrait.height, portrait.width), 255, dtype=np.uint8)
+    alpha[:, :40] = 0  # a transparent stripe down the left edge, away from the face
+    transparent.putalpha(Image.fromarray(alpha, mode="L"))
+    transparent.save(folder / "transparent_portrait.png")
+    shutil.copy(FER_CROP, folder / "fer" / "happy_crop.jpg")
+    Image.new("CMYK", (160, 120), (0, 255, 255, 0)).save(folder / "cmyk_wall.jpeg")
     (folder / "broken.jpg").write_bytes(b"this is not a JPEG")
-    (folder / "notes.txt").write_text("not an image, ignored")
+    (folder / "notes.txt").write_text("not a picture, ignored")
     return folder
 
 
-def test_open_oriented_applies_exif_orientation(mixed_images):
-    picture = np.asarray(demo.open_oriented(mixed_images / "more" / "rotated.JPG").convert("L"))
-    # Stored 60 wide with the black half on the left; turned clockwise it stands with black on top.
-    assert picture.shape == (60, 30)
-    assert picture[:20].mean() < 40 and picture[-20:].mean() > 215
+@pytest.fixture(scope="module")
+def folder_result(tiny_model, pictures, tmp_path_factory) -> predict.PredictionResult:
+    return demo.predict_folder(tiny_model, pictures, tmp_path_factory.mktemp("demo") / "out", batch_size=2)
 
 
-def test_classify_folder_lists_every_image_and_survives_a_corrupt_file(tiny_model, mixed_images, tmp_path):
-    output = tmp_path / "out"
-    predictions = demo.classify_folder(tiny_model, mixed_images, output, batch_size=2)
+def test_predict_folder_labels_every_face_and_flags_the_rest(folder_result):
+    table = folder_result.table
+    assert {path.parent.name for path in folder_result.annotated} == {"annotated", "fer"}
+    statuses = table.groupby("file")["status"].agg(set).to_dict()
+    assert statuses == {file: {status} for file, status in EXPECTED_STATUS.items()}
 
-    assert list(predictions["file"]) == sorted(
-        ["broken.jpg", "cmyk.jpeg", "gray.jpg", "more/rotated.JPG", "transparent.png"]
-    )
-    probability_columns = [f"probability_{name}" for name in CLASSES]
-    assert demo.probability_columns(predictions) == probability_columns
-    broken = predictions.set_index("file").loc["broken.jpg"]
-    assert broken["predicted"] == "" and "UnidentifiedImageError" in broken["error"]
-    readable = predictions[predictions["error"] == ""]
-    assert len(readable) == 4
-    probabilities = readable[probability_columns].to_numpy()
-    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
-    best = [CLASSES[index] for index in probabilities.argmax(axis=1)]
-    assert list(readable["predicted"]) == best
-    assert np.allclose(readable["probability"], probabilities.max(axis=1))
+    faces = table[table["status"] == predict.FACE]
+    assert set(faces["file"]) == {"portrait.jpg", "gray_portrait.jpg", "transparent_portrait.png"}
+    assert (faces["face"] >= 0).all() and (faces["width"] >= 48).all()
+    assert faces["detector_confidence"].notna().all()
+    probabilities = table[[f"probability_{name}" for name in CLASSES]]
+    classified = table[table["status"].isin([predict.FACE, predict.WHOLE_IMAGE])]
+    assert np.allclose(probabilities.loc[classified.index].sum(axis=1), 1.0, atol=1e-4)
+    assert set(classified["predicted"]) <= set(CLASSES)
+    unclassified = table[~table.index.isin(classified.index)]
+    assert (unclassified["predicted"] == "").all()
+    broken = table.set_index("file").loc["broken.jpg"]
+    assert "UnidentifiedImageError" in broken["error"]
 
-    saved = pd.read_csv(output / demo.PREDICTIONS_NAME, keep_default_na=False)
-    assert list(saved["file"]) == list(predictions["file"])
-    with Image.open(output / demo.FIGURE_NAME) as figure:
-        assert figure.format == "PNG" and figure.height > 400  # one line per readable image
-
-    text = demo.format_probability_bars(predictions, width=10)
-    assert "broken.jpg: unreadable" in text
-    gray = readable.set_index("file").loc["gray.jpg"]
-    gray_block = next(block for block in text.split("\n\n") if block.startswith("gray.jpg"))
-    for name in CLASSES:
-        bar_line = next(line for line in gray_block.splitlines() if line.startswith(f"  {name} "))
-        assert bar_line.count("#") == round(gray[f"probability_{name}"] * 10)
+    output = folder_result.output_dir
+    assert demo.probability_classes(table) == CLASSES
+    # Every readable picture has an annotated copy; the broken file has none.
+    assert sorted(path.relative_to(output / predict.ANNOTATED_FOLDER).as_posix()
+                  for path in folder_result.annotated) == sorted(
+        f"{file}.jpg" for file, status in EXPECTED_STATUS.items() if status != predict.UNREADABLE)
+    assert all(path.is_file() for path in folder_result.annotated)
+    saved = pd.read_csv(output / predict.CSV_NAME, keep_default_na=False)
+    assert list(saved["file"]) == list(table["file"])
+    with Image.open(output / predict.CONTACT_SHEET_NAME) as sheet:
+        assert sheet.format == "PNG" and sheet.width >= 112
 
 
-def test_classify_folder_errors_are_actionable(tiny_model, tmp_path):
+def test_plot_face_probabilities_draws_one_chart_per_classified_face(folder_result, tmp_path):
+    table = folder_result.table
+    classified = int(table["status"].isin([predict.FACE, predict.WHOLE_IMAGE]).sum())
+    every_face = demo.plot_face_probabilities(table, CLASSES, tmp_path / "all.png")
+    first_face = demo.plot_face_probabilities(table, CLASSES, tmp_path / "one.png", limit=1)
+    with Image.open(every_face) as every, Image.open(first_face) as first:
+        assert every.format == first.format == "PNG"
+        # Charts are laid out four to a row, so more faces make a wider or taller figure.
+        assert classified > 1 and every.width * every.height > 1.5 * first.width * first.height
+    faceless = demo.plot_face_probabilities(table[table["status"] == predict.NO_FACE], CLASSES,
+                                            tmp_path / "none.png")
+    assert faceless.stat().st_size > 1000
+    with pytest.raises(ValueError, match="angry"):
+        demo.plot_face_probabilities(table, ["angry"], tmp_path / "wrong.png")
+    with pytest.raises(ValueError, match="limit"):
+        demo.plot_face_probabilities(table, CLASSES, tmp_path / "wrong.png", limit=0)
+
+
+def test_predict_folder_errors_are_actionable(tiny_model, pictures, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(PipelineError, match="no images"):
-        demo.classify_folder(tiny_model, empty, tmp_path / "out")
+        demo.predict_folder(tiny_model, empty, tmp_path / "out")
     with pytest.raises(PipelineError, match="model not found"):
-        demo.classify_folder(tmp_path / "missing.keras", empty, tmp_path / "out")
+        demo.predict_folder(tmp_path / "missing.keras", pictures, tmp_path / "out")
     with pytest.raises(PipelineError, match="images folder not found"):
-        demo.classify_folder(tiny_model, tmp_path / "nowhere", tmp_path / "out")
+        demo.predict_folder(tiny_model, tmp_path / "nowhere", tmp_path / "out")
+    with pytest.raises(PipelineError, match="inside the images folder"):
+        demo.predict_folder(tiny_model, pictures, pictures / "out")
+    with pytest.raises(ValueError, match="face_margn"):
+        demo.predict_folder(tiny_model, pictures, tmp_path / "out", face_margn=0.3)
+    with pytest.raises(ValueError, match="own arguments"):
+        demo.predict_folder(tiny_model, pictures, tmp_path / "out", model="other.keras")
+
+
+def test_default_model_is_the_shipped_one_when_it_exists(tiny_model, tmp_path, monkeypatch):
+    config = Config()
+    config.paths.models_dir = str(tmp_path / "models")
+    monkeypatch.setattr(model_io, "SHIPPED_MODEL_PATH", tmp_path / "shipped" / "model.keras")
+    assert demo.default_model_path(config) == tmp_path / "models" / config.model_4.run_name / "best.keras"
+    monkeypatch.setattr(model_io, "SHIPPED_MODEL_PATH", tiny_model)
+    assert demo.default_model_path(config) == tiny_model
 
 
 def test_inject_parameters_replaces_defaults_and_refuses_unknown_names():
@@ -132,6 +149,13 @@ def test_inject_parameters_replaces_defaults_and_refuses_unknown_names():
     assert len(again.cells) == len(injected.cells)  # replaced, not stacked
     with pytest.raises(ValueError, match="IMAGE_DIR"):
         notebook.inject_parameters(source, {"IMAGE_DIR": "typo"})
+
+
+def test_committed_notebook_has_no_outputs():
+    source = nbformat.read(REPOSITORY_ROOT / "demo.ipynb", as_version=4)
+    code_cells = [cell for cell in source.cells if cell.cell_type == "code"]
+    assert code_cells and all(not cell.outputs and cell.execution_count is None for cell in code_cells)
+    assert any("demo.predict_folder" in cell.source for cell in code_cells)
 
 
 def test_failing_cell_raises_pipeline_error_naming_the_cell(tmp_path):
@@ -150,24 +174,31 @@ def test_failing_cell_raises_pipeline_error_naming_the_cell(tmp_path):
     assert executed.cells[2].outputs[0]["text"].strip() == sys.executable
 
 
-def test_demo_stage_executes_the_notebook_headless(tiny_model, mixed_images, tmp_path, monkeypatch):
+def test_demo_stage_executes_the_notebook_headless(tiny_model, pictures, tmp_path, monkeypatch):
     monkeypatch.chdir(REPOSITORY_ROOT)
     config = Config()
     config.demo.model = str(tiny_model)
-    config.demo.images_dir = str(mixed_images)
+    config.demo.images_dir = str(pictures)
     config.demo.output_dir = str(tmp_path / "demo")
 
     assert demo.run(config) == 0
-    executed_path = tmp_path / "demo" / demo.EXECUTED_NOTEBOOK_NAME
+    output = tmp_path / "demo"
+    executed_path = output / demo.EXECUTED_NOTEBOOK_NAME
     executed = nbformat.read(executed_path, as_version=4)
     injected = [cell for cell in executed.cells if "injected-parameters" in cell.metadata.get("tags", [])]
-    assert str(mixed_images) in injected[0].source
+    assert str(pictures) in injected[0].source
     outputs = [output for cell in executed.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [output for output in outputs if output.get("output_type") == "error"]
     tables = [output["data"]["text/html"] for output in outputs
               if output.get("output_type") == "display_data" and "text/html" in output.get("data", {})]
-    assert tables and "more/rotated.JPG" in tables[0] and "probability_happy" in tables[0]
-    assert any("image/png" in output.get("data", {}) for output in outputs)
-    assert (tmp_path / "demo" / demo.PREDICTIONS_NAME).is_file()
+    assert tables and all(file in tables[0] for file in EXPECTED_STATUS)
+    assert "detector_confidence" in tables[0] and predict.WHOLE_IMAGE in tables[0]
+    # Five annotated pictures, the contact sheet and the probability chart.
+    pictures_shown = [output for output in outputs if "image/png" in output.get("data", {})
+                      or "image/jpeg" in output.get("data", {})]
+    assert len(pictures_shown) == 7
+    for name in (predict.CSV_NAME, predict.JSON_NAME, predict.CONTACT_SHEET_NAME, demo.PROBABILITY_CHART_NAME):
+        assert (output / name).is_file(), name
 
     # Unchanged inputs: the stage does nothing (the executed notebook is not rewritten).
     modified = executed_path.stat().st_mtime_ns
@@ -178,6 +209,7 @@ def test_demo_stage_executes_the_notebook_headless(tiny_model, mixed_images, tmp
 
 def test_demo_stage_reports_missing_model(tmp_path, monkeypatch):
     monkeypatch.chdir(REPOSITORY_ROOT)
+    monkeypatch.setattr(model_io, "SHIPPED_MODEL_PATH", tmp_path / "shipped" / "model.keras")
     config = Config()
     config.paths.models_dir = str(tmp_path / "models")
     with pytest.raises(PipelineError, match="model_4"):

@@ -15,7 +15,7 @@ from sklearn import metrics as sklearn_metrics
 from emotion_classifier import evaluation, manifest
 from emotion_classifier.cli import PipelineError
 from emotion_classifier.config import Config
-from test_demo import save_tiny_model
+from model_fixtures import save_tiny_model
 
 FER2013 = Path("/work/shared/datasets/fer2013")
 # The model knows "surprise", which the folder dataset below lacks; the dataset has "disgust",
@@ -204,3 +204,20 @@ def test_compute_metrics_averages_over_classes_present():
     assert scores["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
     with pytest.raises(ValueError):
         evaluation.compute_metrics(np.array([], dtype=int), np.array([], dtype=int), ["a"])
+
+
+def test_test_time_views_flip_and_crop_geometry():
+    images = np.zeros((2, 10, 10, 1), dtype=np.float32)
+    images[:, :, :5, :] = 255.0  # left half white
+    assert len(evaluation.test_time_views(images, "none")) == 1
+    flipped = evaluation.test_time_views(images, "flip")
+    assert len(flipped) == 2
+    assert flipped[1][0, 0, 9, 0] == 255.0 and flipped[1][0, 0, 0, 0] == 0.0
+    views = evaluation.test_time_views(images, "flip_crops", crop_fraction=0.8)
+    assert len(views) == 12
+    assert all(view.shape == images.shape for view in views)
+    assert all(view.min() >= 0.0 and view.max() <= 255.0 for view in views)
+    # The top-left crop (first crop view) keeps more white than the top-right crop.
+    assert views[1].mean() > views[2].mean()
+    with pytest.raises(ValueError, match="unknown test-time augmentation"):
+        evaluation.test_time_views(images, "rotate")

@@ -121,8 +121,9 @@ def test_sample_chain_runs_and_reruns_as_no_ops(tmp_path, monkeypatch):
     assert "model_4" in comparison and "model_6" in comparison
 
     # The demo notebook, executed headless on images/ with the model just trained.
-    assert cli.main(demo.run, "demo", "demo", ["--config", "config/sample.toml", *overrides]) == 0
-    predictions = pd.read_csv(reports / "demo" / "predictions.csv")
+    demo_model = f"demo.model={tmp_path / 'models' / 'model_4' / 'best.keras'}"
+    assert cli.main(demo.run, "demo", "demo", ["--config", "config/sample.toml", *overrides, demo_model]) == 0
+    predictions = pd.read_csv(reports / "demo" / "faces.csv")
     assert len(predictions) == len(list((REPOSITORY / "images").glob("*.jpg")))
     assert predictions["predicted"].isin(["neutral", "happy", "sad", "surprise", "fear", "anger"]).all()
     assert (reports / "demo" / "demo.executed.ipynb").is_file()

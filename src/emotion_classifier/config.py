@@ -187,6 +187,12 @@ class ModelConfig:
     batch_size: int = 64
     epochs: int = 5
     learning_rate: float = 1e-3
+    # "adam" (the original), "adamw" (decoupled weight decay) or "sgd" (Nesterov momentum 0.9).
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    # "constant" (the original) or "cosine" (linear warm-up, then cosine decay to zero).
+    learning_rate_schedule: str = "constant"
+    warmup_epochs: int = 0
     # Early stopping on validation loss.
     patience: int = 3
     # Class-balanced loss of Cui et al. 2019: weights from the effective number of samples.
@@ -205,7 +211,11 @@ class ModelConfig:
     # XLA compilation of the training step: "auto" (Keras decides), "on" or "off".
     xla: str = "auto"
     # Architecture of model_4 (the custom VGG-type CNN).
+    # "custom_cnn": the original's blocks (one Conv -> ReLU -> BN -> MaxPool each, Flatten head);
+    # "vgg": convs_per_block Conv -> BN -> ReLU per block, global average pooling head.
+    architecture: str = "custom_cnn"
     conv_filters: list[int] = dataclasses.field(default_factory=list)
+    convs_per_block: int = 1
     dense_units: list[int] = dataclasses.field(default_factory=list)
     conv_dropout: float = 0.3
     dense_dropout: float = 0.25
@@ -226,13 +236,18 @@ class EvaluationConfig:
     batch_size: int = 64
     # Name of the report folder and of the row in the comparison table; empty: the run name.
     name: str = ""
+    # Test-time augmentation: average the probabilities of several views of each image.
+    # "none"; "flip" (the image and its mirror); "flip_crops" (also four corner crops and a
+    # centre crop of crop_fraction of the side, each with its mirror: 12 views).
+    test_time_augmentation: str = "none"
+    crop_fraction: float = 0.9
 
 
 @dataclasses.dataclass
 class DemoConfig:
-    """``demo.ipynb``: classify every image of a folder."""
+    """``demo.ipynb``: find and classify every face in the images of a folder (as ``predict``)."""
 
-    # The saved model; empty means model_4's best model.
+    # The saved model; empty means the shipped model (else model_4's best model).
     model: str = ""
     images_dir: str = "images"
     # Where predictions, figures and the executed notebook go; empty means <reports_dir>/demo.
@@ -245,7 +260,7 @@ class PredictConfig:
 
     # An image file or a folder of images (searched recursively).
     input: str = "images"
-    # The trained Keras model; empty means the best model of model_4's training run.
+    # The trained Keras model; empty means the shipped model (models/shipped/fer2013/model.keras).
     model: str = ""
     # A TFLite model written by the export stage; when set it classifies instead of the Keras model.
     tflite_model: str = ""
@@ -260,7 +275,7 @@ class PredictConfig:
     scale_factor: float = 1.1
     min_neighbors: int = 5
     # Smallest face searched for, in pixels of the detection image.
-    min_face_size: int = 32
+    min_face_size: int = 48
     # YuNet: lowest face score kept, and box overlap above which two boxes are merged.
     score_threshold: float = 0.7
     nms_threshold: float = 0.3
@@ -288,7 +303,7 @@ class PredictConfig:
 class ExportConfig:
     """``emotion-export``: the trained model as a TensorFlow SavedModel and TFLite models."""
 
-    # The trained Keras model; empty means the best model of model_4's training run.
+    # The trained Keras model; empty means the shipped model (models/shipped/fer2013/model.keras).
     model: str = ""
     # Where the exports and export_report.json go; empty means an "export" folder beside the model.
     output_dir: str = ""
@@ -306,10 +321,21 @@ class ExportConfig:
 # leave unset. "seed" is the original project's custom CNN, exactly.
 MODEL_PRESETS: dict[str, dict[str, object]] = {
     "seed": {
+        "architecture": "custom_cnn",
         "conv_filters": [64, 128, 256, 256],
+        "convs_per_block": 1,
         "dense_units": [128, 64],
         "conv_dropout": 0.3,
         "dense_dropout": 0.25,
+    },
+    # The recipe of config/fer2013.toml: a VGG-style network sized for 48x48 faces on a CPU.
+    "fer_vgg": {
+        "architecture": "vgg",
+        "conv_filters": [32, 64, 128, 256],
+        "convs_per_block": 2,
+        "dense_units": [256],
+        "conv_dropout": 0.1,
+        "dense_dropout": 0.4,
     },
     "resnet50": {},
 }
@@ -470,8 +496,15 @@ _CHOICES = {
     ("get_data", "source_kind"): {"local", "drive"},
     ("get_data", "drive_auth"): {"service_account", "oauth"},
     ("consolidate", "link_mode"): {"auto", "hardlink", "copy"},
+    ("model_evaluation_4", "test_time_augmentation"): {"none", "flip", "flip_crops"},
+    ("model_evaluation_6", "test_time_augmentation"): {"none", "flip", "flip_crops"},
     ("labels", "layout"): {"auto", "affectnet_csv", "affectnet_npy", "class_folders"},
     ("model_4", "input_mode"): {"tf_data", "arrays"},
+    ("model_4", "architecture"): {"custom_cnn", "vgg"},
+    ("model_4", "optimizer"): {"adam", "adamw", "sgd"},
+    ("model_6", "optimizer"): {"adam", "adamw", "sgd"},
+    ("model_4", "learning_rate_schedule"): {"constant", "cosine"},
+    ("model_6", "learning_rate_schedule"): {"constant", "cosine"},
     ("model_6", "input_mode"): {"tf_data", "arrays"},
     ("model_4", "strategy"): {"auto", "none", "mirrored", "multi_worker"},
     ("model_6", "strategy"): {"auto", "none", "mirrored", "multi_worker"},

@@ -79,11 +79,17 @@ class ClassMatch:
 
 
 def resolve_model_path(config: Config, section: str, model_section: str) -> Path:
-    """``[section] model``, or when empty the best model of the ``model_section`` training run."""
+    """``[section] model``; when empty, the best model of the ``model_section`` training run,
+    or the shipped model when that run does not exist (so a dataset can be scored out of the box)."""
     evaluation_config: EvaluationConfig = getattr(config, section)
     if evaluation_config.model:
         return Path(evaluation_config.model)
-    return config.paths.models / getattr(config, model_section).run_name / "best.keras"
+    run_model = config.paths.models / getattr(config, model_section).run_name / "best.keras"
+    if not run_model.is_file() and model_io.SHIPPED_MODEL_PATH.is_file():
+        LOGGER.info("no %s run at %s: evaluating the shipped model %s", model_section, run_model,
+                    model_io.SHIPPED_MODEL_PATH)
+        return model_io.SHIPPED_MODEL_PATH
+    return run_model
 
 
 def load_evaluation_data(dataset: str, config: Config) -> EvaluationData:
@@ -146,12 +152,45 @@ def _face_box(row) -> tuple[float, float, float, float] | None:
     return None
 
 
+def test_time_views(images: np.ndarray, mode: str, crop_fraction: float = 0.9) -> list[np.ndarray]:
+    """The views of a batch that test-time augmentation averages over.
+
+    ``mode`` is "none" (the batch itself), "flip" (the batch and its mirror images) or
+    "flip_crops" (those, plus the four corner crops and the centre crop covering
+    ``crop_fraction`` of each side, resized back to the input size, each with its mirror).
+    Mirroring is the augmentation that face models are trained with and never changes the
+    expression; small crops mimic the translation and zoom augmentation.
+    """
+    if mode == "none":
+        return [images]
+    if mode not in ("flip", "flip_crops"):
+        raise ValueError(f"unknown test-time augmentation {mode!r}: use none, flip or flip_crops")
+    views = [images]
+    if mode == "flip_crops":
+        import keras
+
+        if not 0.5 <= crop_fraction < 1.0:
+            raise ValueError(f"crop_fraction must be in [0.5, 1), got {crop_fraction}")
+        height, width = images.shape[1:3]
+        crop_height, crop_width = int(round(height * crop_fraction)), int(round(width * crop_fraction))
+        offsets = [(0, 0), (0, width - crop_width), (height - crop_height, 0),
+                   (height - crop_height, width - crop_width),
+                   ((height - crop_height) // 2, (width - crop_width) // 2)]
+        for top, left in offsets:
+            crop = images[:, top:top + crop_height, left:left + crop_width, :]
+            resized = keras.ops.image.resize(crop, (height, width), interpolation="bilinear")
+            views.append(np.clip(keras.ops.convert_to_numpy(resized), 0.0, 255.0).astype(images.dtype))
+    return views + [view[:, :, ::-1, :] for view in views]
+
+
 def predict(model, rows: pd.DataFrame, images_root: Path, image_size: int, channels: int,
-            batch_size: int, face_margin: float = 0.0) -> tuple[np.ndarray, list[dict[str, str]]]:
+            batch_size: int, face_margin: float = 0.0, test_time_augmentation: str = "none",
+            crop_fraction: float = 0.9) -> tuple[np.ndarray, list[dict[str, str]]]:
     """Class probabilities for every row, in order, decoding one batch at a time.
 
     Memory stays at one batch of images however large the set. Returns the probabilities
     (NaN for images that could not be read) and the list of unreadable files with their error.
+    With test-time augmentation, each image's probabilities are the mean over its views.
     """
     from emotion_classifier import input_pipeline
 
@@ -182,7 +221,9 @@ def predict(model, rows: pd.DataFrame, images_root: Path, image_size: int, chann
                     positions.append(start + offset)
                     images.append(result)
             if images:
-                probabilities[positions] = np.asarray(model.predict_on_batch(np.stack(images)))
+                views = test_time_views(np.stack(images), test_time_augmentation, crop_fraction)
+                probabilities[positions] = np.mean(
+                    [np.asarray(model.predict_on_batch(view)) for view in views], axis=0)
             progress.update(len(batch))
     return probabilities, unreadable
 
@@ -365,6 +406,8 @@ def run(config: Config, force: bool = False, section: str = "model_evaluation_4"
     probabilities, unreadable = predict(
         model, match.rows, data.images_root, int(info["image_size"]), int(info["channels"]),
         evaluation_config.batch_size, face_margin=config.generator.face_margin,
+        test_time_augmentation=evaluation_config.test_time_augmentation,
+        crop_fraction=evaluation_config.crop_fraction,
     )
     readable = ~np.isnan(probabilities).any(axis=1)
     if not readable.any():
@@ -382,6 +425,7 @@ def run(config: Config, force: bool = False, section: str = "model_evaluation_4"
         "dataset": evaluation_config.dataset,
         "dataset_description": data.description,
         "images": int(readable.sum()),
+        "test_time_augmentation": evaluation_config.test_time_augmentation,
         "metrics": {key: scores[key] for key in
                     ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "cohen_kappa")},
         "per_class": scores["per_class"],

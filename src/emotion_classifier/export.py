@@ -217,7 +217,7 @@ def run(config: Config, force: bool = False) -> int:
     settings = config.export
     if settings.representative_count < 1 or settings.verification_count < 1:
         raise PipelineError("export.representative_count and export.verification_count must be positive")
-    model_path = Path(settings.model) if settings.model else config.paths.models / config.model_4.run_name / "best.keras"
+    model_path = Path(settings.model) if settings.model else model_io.SHIPPED_MODEL_PATH
     output_dir = Path(settings.output_dir) if settings.output_dir else model_path.parent / "export"
     image_source = settings.representative_images or str(config.paths.split_manifest)
     inputs = [model_path, image_source]
@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Overrides: KEY=VALUE sets [export] KEY (for example representative_count=500), "
                "SECTION.KEY=VALUE any other section.",
     )
-    parser.add_argument("--model", help="trained .keras model (default: export.model, else model_4's best)")
+    parser.add_argument("--model", help="trained .keras model (default: export.model, else the shipped model)")
     parser.add_argument("--output", help="output folder (default: export.output_dir, else export/ beside the model)")
     parser.add_argument(
         "--config", default=None,

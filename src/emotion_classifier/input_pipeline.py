@@ -152,13 +152,16 @@ def build_augmentation(generator_config, seed: int = 0) -> keras.Sequential | No
 
 
 def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, channels: int,
-                 batch_size: int, training: bool, generator_config, seed: int = 0):
+                 batch_size: int, training: bool, generator_config, seed: int = 0,
+                 drop_remainder: bool = False):
     """A ``tf.data.Dataset`` of ``(images, labels)`` batches for the rows of ``frame``.
 
     Images are float32 ``(batch, image_size, image_size, channels)`` with values in [0, 255];
     labels are the int32 ``class_index`` column. Training datasets are shuffled every epoch
     and augmented; evaluation datasets keep the frame's order and are never augmented. The
     dataset is finite (one pass over the rows); training repeats it as it needs.
+    ``drop_remainder`` leaves out the last, partial batch of each pass (training on several
+    replicas needs full batches: a replica handed no image fails in BatchNormalization).
     """
     import tensorflow as tf
 
@@ -203,9 +206,16 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
             return image[top:bottom, left:right, :]
 
         image = tf.cond(box[2] > 0, crop_to_box, lambda: image)
-        # Antialiased bilinear resizing matches Pillow's BILINEAR filter when shrinking.
-        image = tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size],
-                                method="bilinear", antialias=True)
+        # Antialiased bilinear resizing matches Pillow's BILINEAR filter when shrinking. When
+        # enlarging (FER2013's 48x48 faces) it computes the same values as plain bilinear
+        # resizing at a third of the speed, so it is used only where it changes something.
+        image = tf.cast(image, tf.float32)
+        shrinking = tf.logical_or(tf.shape(image)[0] > image_size, tf.shape(image)[1] > image_size)
+        image = tf.cond(
+            shrinking,
+            lambda: tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True),
+            lambda: tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=False),
+        )
         image = tf.clip_by_value(image, 0.0, 255.0)
         if channels == 1:
             image = tf.image.rgb_to_grayscale(image)
@@ -224,7 +234,7 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
         if training:
             # A cached dataset replays its first pass, so the shuffle must come after the cache.
             dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, num_parallel_calls=parallel_calls)
+    dataset = dataset.batch(batch_size, num_parallel_calls=parallel_calls, drop_remainder=drop_remainder)
     augmentation = build_augmentation(generator_config, seed) if training else None
     if augmentation is not None:
         dataset = dataset.map(

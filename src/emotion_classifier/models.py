@@ -94,8 +94,57 @@ def build_model_4(
         x = keras.layers.BatchNormalization(name=f"dense_batch_norm_{index}")(x)
         if index == 1 and dense_dropout > 0:
             x = keras.layers.Dropout(dense_dropout, name=f"dense_dropout_{index}")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    # float32 probabilities even under mixed precision, so the loss is computed in full precision.
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name="model_4")
+
+
+def build_vgg(
+    input_shape: Sequence[int],
+    num_classes: int,
+    conv_filters: Sequence[int] = (32, 64, 128, 256),
+    convs_per_block: int = 2,
+    dense_units: Sequence[int] = (256,),
+    conv_dropout: float = 0.1,
+    dense_dropout: float = 0.4,
+) -> keras.Model:
+    """A VGG-style network for face crops at FER's resolution (the ``fer_vgg`` preset).
+
+    Each block stacks ``convs_per_block`` Conv 3x3 -> BatchNormalization -> ReLU, then MaxPool 2x2
+    and a light spatial Dropout; the head is global average pooling (far fewer weights than the
+    original's Flatten, so it overfits less on 30k images), Dense -> ReLU -> Dropout per entry of
+    ``dense_units``, and softmax. Convolutions carry no bias because BatchNormalization follows.
+    """
+    _check_common_arguments(input_shape, num_classes)
+    if not conv_filters or any(int(filters) < 1 for filters in conv_filters):
+        raise ValueError(f"conv_filters must be a non-empty list of positive integers, got {conv_filters!r}")
+    if convs_per_block < 1:
+        raise ValueError(f"convs_per_block must be at least 1, got {convs_per_block}")
+    for name, rate in (("conv_dropout", conv_dropout), ("dense_dropout", dense_dropout)):
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {rate}")
+    if min(input_shape[0], input_shape[1]) // 2 ** len(conv_filters) < 1:
+        raise ValueError(f"input {tuple(input_shape)} is too small for {len(conv_filters)} pooling steps")
+
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = keras.layers.Rescaling(1.0 / 255.0, name="rescale_to_unit")(inputs)
+    for block, filters in enumerate(conv_filters, start=1):
+        for index in range(1, convs_per_block + 1):
+            x = keras.layers.Conv2D(int(filters), 3, padding="same", use_bias=False,
+                                    name=f"block{block}_conv{index}")(x)
+            x = keras.layers.BatchNormalization(name=f"block{block}_batch_norm{index}")(x)
+            x = keras.layers.Activation("relu", name=f"block{block}_relu{index}")(x)
+        x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+        if conv_dropout > 0:
+            x = keras.layers.SpatialDropout2D(conv_dropout, name=f"block{block}_dropout")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="global_average_pool")(x)
+    for index, units in enumerate(dense_units, start=1):
+        x = keras.layers.Dense(int(units), name=f"dense_{index}")(x)
+        x = keras.layers.Activation("relu", name=f"dense_relu_{index}")(x)
+        if dense_dropout > 0:
+            x = keras.layers.Dropout(dense_dropout, name=f"dense_dropout_{index}")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="vgg")
 
 
 def build_model_6(
@@ -132,13 +181,23 @@ def build_model_6(
     x = CaffePreprocessing(name="imagenet_caffe_preprocessing")(x)
     x = backbone(x)
     x = keras.layers.GlobalAveragePooling2D(name="global_average_pool")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     return keras.Model(inputs, outputs, name="model_6")
 
 
 def build_model(section_name: str, model_config, num_classes: int) -> keras.Model:
     """Build the model of a configuration section ("model_4" or "model_6")."""
     input_shape = (model_config.image_size, model_config.image_size, model_config.channels)
+    if section_name == "model_4" and model_config.architecture == "vgg":
+        return build_vgg(
+            input_shape,
+            num_classes,
+            conv_filters=model_config.conv_filters or (32, 64, 128, 256),
+            convs_per_block=model_config.convs_per_block,
+            dense_units=model_config.dense_units,
+            conv_dropout=model_config.conv_dropout,
+            dense_dropout=model_config.dense_dropout,
+        )
     if section_name == "model_4":
         if not model_config.conv_filters:
             raise PipelineError(

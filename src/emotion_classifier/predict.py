@@ -548,8 +548,8 @@ def _summary(table: pd.DataFrame, photos: list[Path], elapsed: float, stopwatch:
 
 
 def default_model_path(config: Config) -> Path:
-    """model_4's best model, the one the pipeline trains first."""
-    return config.paths.models / config.model_4.run_name / "best.keras"
+    """The shipped model (models/shipped/fer2013/), trained for faces from any source."""
+    return model_io.SHIPPED_MODEL_PATH
 
 
 def run(config: Config, force: bool = False) -> int:
@@ -585,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("input", help="an image file or a folder of images (searched recursively)")
-    parser.add_argument("--model", help="trained .keras model (default: predict.model, else model_4's best)")
+    parser.add_argument("--model", help="trained .keras model (default: predict.model, else the shipped model)")
     parser.add_argument("--tflite", help="classify with this .tflite model (no TensorFlow needed)")
     parser.add_argument("--output", help="output folder (default: predict.output_dir)")
     parser.add_argument("--explain", action="store_true", help="save a Grad-CAM heat map over each face")

@@ -20,6 +20,11 @@ run of a different configuration is never overwritten silently.
 
 Training code uses Keras only (no TensorFlow calls) except in ``input_mode = "tf_data"``, so with
 ``input_mode = "arrays"`` it runs on any Keras backend.
+
+Several devices (``strategy``, see ``distribute.py``): the model is built and compiled inside
+the strategy's scope; every worker trains, only the chief writes the run folder (which must be
+on storage all workers see, for a multi-worker run to resume). ``mixed_precision`` and ``xla``
+are settings of the same section.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from emotion_classifier import config as config_module
-from emotion_classifier import files, input_pipeline, model_io
+from emotion_classifier import distribute, files, input_pipeline, model_io
 from emotion_classifier.cli import PipelineError
 from emotion_classifier.losses import WeightedCrossEntropy, class_balanced_weights
 from emotion_classifier.models import build_model
@@ -146,32 +151,40 @@ def train(config, section_name: str, force: bool = False) -> Path:
         )
     class_weights = class_balanced_weights(counts, model_config.class_balanced_beta)
     fingerprint = _run_fingerprint(config, section_name)
+    strategy = distribute.make_strategy(model_config.strategy)
+    chief = distribute.is_chief(strategy)
 
-    state = _prepare_run_folder(run_dir, fingerprint, force)
+    state = _prepare_run_folder(run_dir, fingerprint, force, may_write=chief)
     if state is not None and state.get("finished"):
         print(f"{run_dir} already holds a finished run of this configuration (use --force to retrain)")
         return run_dir
-    _write_run_description(config, run_dir, classes, model_config)
+    if chief:
+        _write_run_description(config, run_dir, classes, model_config)
 
     initial_epoch = int(state["epochs_completed"]) if state else 0
     # A resumed run draws fresh random numbers for its remaining epochs rather than replaying
     # those of epoch 0.
     keras.utils.set_random_seed(model_config.seed + initial_epoch)
-    if state:
-        checkpoint_path = run_dir / CHECKPOINT_DIR_NAME / state["checkpoint"]
-        model = keras.saving.load_model(checkpoint_path, compile=True, safe_mode=True)
-        _truncate_metrics(run_dir / METRICS_NAME, initial_epoch)
-        print(f"resuming {run_dir} after epoch {initial_epoch} of {model_config.epochs}")
-    else:
-        model = build_model(section_name, model_config, len(classes))
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=model_config.learning_rate),
-            loss=WeightedCrossEntropy(class_weights, label_smoothing=model_config.label_smoothing),
-            metrics=["accuracy"],
-        )
+    jit_compile = distribute.jit_compile_argument(model_config.xla)
+    with distribute.strategy_scope(strategy), distribute.precision_policy(model_config.mixed_precision):
+        if state:
+            checkpoint_path = run_dir / CHECKPOINT_DIR_NAME / state["checkpoint"]
+            model = keras.saving.load_model(checkpoint_path, compile=True, safe_mode=True)
+            if chief:
+                _truncate_metrics(run_dir / METRICS_NAME, initial_epoch)
+            print(f"resuming {run_dir} after epoch {initial_epoch} of {model_config.epochs}")
+        else:
+            model = build_model(section_name, model_config, len(classes))
+            model.compile(
+                optimizer=make_optimizer(model_config, _steps_per_epoch(len(training_rows), model_config)),
+                loss=WeightedCrossEntropy(class_weights, label_smoothing=model_config.label_smoothing),
+                metrics=["accuracy"],
+                jit_compile=jit_compile,
+            )
+
 
     training_data, validation_data, steps_per_epoch = _make_inputs(
-        config, model_config, training_rows, validation_rows
+        config, model_config, training_rows, validation_rows, strategy
     )
     early_stopping = ResumableEarlyStopping(model_config.patience, state)
     checkpoint = RunCheckpoint(
@@ -179,11 +192,13 @@ def train(config, section_name: str, force: bool = False) -> Path:
         images_per_epoch=min(len(training_rows), steps_per_epoch * model_config.batch_size),
         resumed_state=state,
     )
+    # Every worker stops early on the same (all-reduced) validation loss; only the chief logs
+    # and saves.
     callbacks = [
         keras.callbacks.CSVLogger(str(run_dir / METRICS_NAME), append=True),
         early_stopping,
         checkpoint,
-    ]
+    ] if chief else [early_stopping]
     if initial_epoch < model_config.epochs and not (state and state.get("stopped_early")):
         model.fit(
             training_data,
@@ -194,8 +209,43 @@ def train(config, section_name: str, force: bool = False) -> Path:
             callbacks=callbacks,
             verbose=1 if sys.stdout.isatty() else 2,
         )
-    _finish_run(run_dir, fingerprint, classes, counts, class_weights, model_config)
+    if chief:
+        _finish_run(run_dir, fingerprint, classes, counts, class_weights, model_config)
     return run_dir
+
+
+def _steps_per_epoch(training_images: int, model_config) -> int:
+    steps = max(1, math.ceil(training_images / model_config.batch_size))
+    if model_config.max_steps_per_epoch > 0:
+        steps = min(steps, model_config.max_steps_per_epoch)
+    return steps
+
+
+def make_optimizer(model_config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """The optimizer and learning-rate schedule a model section asks for.
+
+    "constant" keeps ``learning_rate`` (the original project's Adam 1e-3); "cosine" warms up
+    linearly from a tenth of it over ``warmup_epochs`` and then decays it to zero along a cosine
+    over the remaining epochs, which lets a short CPU budget end at a well-settled minimum.
+    Built-in Keras schedules and optimizers serialise with the checkpoint, so a resumed run
+    continues the same schedule from its saved step count.
+    """
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = model_config.learning_rate
+    if model_config.learning_rate_schedule == "cosine":
+        warmup_steps = model_config.warmup_epochs * steps_per_epoch
+        total_steps = model_config.epochs * steps_per_epoch
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=model_config.learning_rate / 10 if warmup_steps else model_config.learning_rate,
+            decay_steps=max(1, total_steps - warmup_steps),
+            warmup_target=model_config.learning_rate if warmup_steps else None,
+            warmup_steps=warmup_steps,
+        )
+    if model_config.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=model_config.weight_decay)
+    if model_config.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9, nesterov=True,
+                                    weight_decay=model_config.weight_decay or None)
+    return keras.optimizers.Adam(learning_rate=learning_rate)
 
 
 def run_model_4(config, force: bool = False) -> int:
@@ -211,10 +261,16 @@ def run_model_6(config, force: bool = False) -> int:
 
 
 def _run_fingerprint(config, section_name: str) -> str:
-    """What a run's result depends on: its section, the input pipeline and the split files."""
+    """What a run's result depends on: its section, the input pipeline and the split files.
+
+    The strategy is left out: it changes where training runs, not what it computes, so a run
+    interrupted on one GPU may resume on several.
+    """
+    model_settings = dict(config.to_dict()[section_name])
+    model_settings.pop("strategy")
     settings = {
         "section": section_name,
-        "model": config.to_dict()[section_name],
+        "model": model_settings,
         "generator": config.to_dict()["generator"],
         "split_manifest": files.file_digest(config.paths.split_manifest),
         "classes": files.file_digest(Path(config.paths.processed) / input_pipeline.CLASSES_FILE_NAME),
@@ -222,10 +278,20 @@ def _run_fingerprint(config, section_name: str) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
-def _prepare_run_folder(run_dir: Path, fingerprint: str, force: bool) -> dict | None:
-    """The state to resume from (None: start afresh), after clearing the folder when forced."""
+def _prepare_run_folder(run_dir: Path, fingerprint: str, force: bool, may_write: bool = True) -> dict | None:
+    """The state to resume from (None: start afresh), after clearing the folder when forced.
+
+    A worker that is not the chief (``may_write`` false) only reads: it resumes from the chief's
+    checkpoint when there is one, and never clears anything.
+    """
     summary_path = run_dir / SUMMARY_NAME
     state_path = run_dir / CHECKPOINT_DIR_NAME / STATE_NAME
+    if not may_write:
+        if force or not state_path.is_file():
+            return None
+        state = files.read_json(state_path)
+        usable = state.get("fingerprint") == fingerprint and (run_dir / CHECKPOINT_DIR_NAME / state["checkpoint"]).is_file()
+        return state if usable else None
     if force:
         _clear_run_folder(run_dir)
         return None
@@ -285,19 +351,32 @@ def _code_version() -> str:
     return f"git commit {commit.stdout.strip()}{dirty}"
 
 
-def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_rows: pd.DataFrame):
+def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_rows: pd.DataFrame,
+                 strategy=None):
     """Training and validation inputs for the configured input mode, and the steps per epoch."""
     full_steps = math.ceil(len(training_rows) / model_config.batch_size)
     steps = min(full_steps, model_config.max_steps_per_epoch) if model_config.max_steps_per_epoch > 0 else full_steps
     shape = (config.paths.images_root, model_config.image_size, model_config.channels, model_config.batch_size)
     if model_config.input_mode == "tf_data":
+        # Several replicas need full training batches (see make_dataset); one device keeps every image.
+        drop_remainder = strategy is not None and len(training_rows) >= model_config.batch_size
+        if config.generator.source == "tfrecords":
+            from emotion_classifier import tfrecords
+
+            training_data = tfrecords.training_dataset(config, model_config, training_rows, "train",
+                                                       drop_remainder=drop_remainder)
+            validation_data = tfrecords.evaluation_dataset(config, model_config, validation_rows, "valid")
+        else:
+            training_data = input_pipeline.make_dataset(
+                training_rows, *shape, training=True, generator_config=config.generator, seed=model_config.seed,
+                drop_remainder=drop_remainder,
+            )
+            validation_data = input_pipeline.make_dataset(
+                validation_rows, *shape, training=False, generator_config=config.generator
+            )
         # Repeated, so that capped epochs keep drawing new batches instead of running dry.
-        training_data = input_pipeline.make_dataset(
-            training_rows, *shape, training=True, generator_config=config.generator, seed=model_config.seed
-        ).repeat()
-        validation_data = input_pipeline.make_dataset(
-            validation_rows, *shape, training=False, generator_config=config.generator
-        )
+        training_data = distribute.shard_for_workers(training_data.repeat(), strategy)
+        validation_data = distribute.shard_for_workers(validation_data, strategy)
         return training_data, validation_data, steps
     workers = config.generator.parallel_calls or os.cpu_count() or 1
     training_data = input_pipeline.ImageBatches(

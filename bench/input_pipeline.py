@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Images per second of the input pipeline, against the original loader and the decode ceiling.
+
+Measured side by side, on real FER2013 images (48x48 grayscale JPEG) and on generated 512x512
+RGB JPEGs with a face box (like AffectNet's photos):
+
+1. ``original``: the original project's loader, one Python thread per batch:
+   ``np.array([skimage.transform.resize(skimage.io.imread(p), (256, 256, 3)) for p in batch]) / 255.0``;
+2. ``ours_256``: our tf.data pipeline producing the same tensors (256x256x3, no augmentation);
+3. ``ours_default_augmented``: our pipeline at the default training size, with augmentation;
+4. ``ours_default``: the same without augmentation;
+5. ``decode_only``: parallel read and JPEG decode, nothing else (the ceiling of any file pipeline);
+6. ``tfrecords_default``: reading decoded, cropped images back from TFRecord shards
+   (``[generator] source = "tfrecords"``), with the time it took to write them.
+
+    python bench/input_pipeline.py            # real figures (a few minutes on 2 cores)
+    python bench/input_pipeline.py --quick    # a small run that checks the script works
+
+Writes reports/bench/input_pipeline.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+import common
+
+from emotion_classifier import input_pipeline, tfrecords  # noqa: E402  (path set by common)
+from emotion_classifier.config import GeneratorConfig  # noqa: E402
+
+BATCH_SIZE = 64
+
+
+def original_loader_batches(paths: list[str], batch_size: int):
+    """The original project's loader, re-implemented faithfully (including its extra / 255)."""
+    import skimage.io
+    import skimage.transform
+
+    for start in range(0, len(paths), batch_size):
+        batch = paths[start:start + batch_size]
+        yield np.array([skimage.transform.resize(skimage.io.imread(p), (256, 256, 3)) for p in batch]) / 255.0
+
+
+def decode_only(paths: list[str], batch_size: int):
+    """Read and decode each JPEG in parallel; the fastest a pipeline reading files can be."""
+    import tensorflow as tf
+
+    def read_decode(path):
+        return tf.io.decode_jpeg(tf.io.read_file(path), channels=3, dct_method="INTEGER_ACCURATE")
+
+    dataset = tf.data.Dataset.from_tensor_slices(paths).repeat()
+    return dataset.map(read_decode, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: int, original_images: int) -> list[dict]:
+    paths = [str(images_root / filename) for filename in frame["filename"]]
+    plain = GeneratorConfig(augment=False)
+    augmented = GeneratorConfig(augment=True)
+    size = common.DEFAULT_TRAINING_SIZE
+    results: dict[str, float] = {}
+
+    def ours(image_size: int, generator_config):
+        dataset = input_pipeline.make_dataset(frame, images_root, image_size, 3, BATCH_SIZE, training=True,
+                                              generator_config=generator_config)
+        return dataset.repeat()
+
+    results["original"] = common.time_batches(original_loader_batches(paths * 4, BATCH_SIZE // 4), original_images)
+    results["ours_256"] = common.time_batches(ours(common.ORIGINAL_SIZE, plain), images_wanted)
+    results["ours_default_augmented"] = common.time_batches(ours(size, augmented), images_wanted)
+    results["ours_default"] = common.time_batches(ours(size, plain), images_wanted)
+    results["decode_only"] = common.time_batches(decode_only(paths, BATCH_SIZE), images_wanted)
+
+    shard_folder = work_dir / f"{name}_shards"
+    _index, write_seconds = common.timed(lambda: tfrecords.write_shards(
+        frame, images_root, shard_folder, size, 3, shard_images=max(1, len(frame) // 8), progress=False))
+    results["tfrecords_default"] = common.time_batches(
+        tfrecords.make_dataset(shard_folder, BATCH_SIZE, True, plain).repeat(), images_wanted)
+    results["tfrecords_write"] = len(frame) / write_seconds
+
+    rows = [{"dataset": name, "variant": variant, "images_per_second": round(value, 1)} for variant, value in results.items()]
+    rows.append({"dataset": name, "variant": "ratio ours_256 / original",
+                 "images_per_second": round(results["ours_256"] / results["original"], 1)})
+    rows.append({"dataset": name, "variant": "ratio ours_default / decode_only",
+                 "images_per_second": round(results["ours_default"] / results["decode_only"], 3)})
+    rows.append({"dataset": name, "variant": "ratio tfrecords_default / ours_default",
+                 "images_per_second": round(results["tfrecords_default"] / results["ours_default"], 2)})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a small run (seconds) that checks the script works")
+    parser.add_argument("--output", default="input_pipeline", help="report name under reports/bench/")
+    arguments = parser.parse_args()
+    fer_count, large_count = (64, 32) if arguments.quick else (4000, 600)
+    images_wanted = 128 if arguments.quick else 6000
+    original_images = 32 if arguments.quick else 384
+
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="bench_input_") as work:
+        work_dir = Path(work)
+        fer_root, fer_frame = common.fer_images(fer_count)
+        rows += measure("fer2013_48px", fer_root, fer_frame, work_dir, images_wanted, original_images)
+        large_root, large_frame = common.generated_images(work_dir, large_count)
+        rows += measure("generated_512px", large_root, large_frame, work_dir,
+                        images_wanted // 4, original_images // 2)
+    common.print_table("Input pipeline, images per second (ratios in the last rows)", rows,
+                       ["dataset", "variant", "images_per_second"])
+    common.write_report(arguments.output, {
+        "quick": arguments.quick,
+        "batch_size": BATCH_SIZE,
+        "default_training_size": common.DEFAULT_TRAINING_SIZE,
+        "original_size": common.ORIGINAL_SIZE,
+        "machine": common.machine_description(),
+        "results": rows,
+    })
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Training images per second fed by our pipeline, by in-memory tensors and by the original loader.
+
+For each configuration (``model_4``'s seed preset at its original 256x256 and at the default
+training size, and ``model_6``'s ResNet50 at 224x224), training steps are timed with inputs:
+
+- ``pipeline``: our tf.data pipeline reading FER2013 JPEGs (training mode, augmentation on);
+- ``in_memory``: one decoded batch held in memory and fed again and again (no input cost);
+- ``original_loader``: the original loader's Python generator (model_4 at 256 only, the size
+  it produces).
+
+``pipeline / in_memory`` is the share of training speed the input pipeline keeps. On a GPU the
+runs are repeated with mixed precision. Validation and saving are left out: these are training
+steps only.
+
+    python bench/training.py             # real figures (several minutes on 2 CPU cores)
+    python bench/training.py --quick     # a few steps of small models
+    python bench/training.py --gpu-only  # on a machine with a GPU: the GPU figures only
+
+Writes reports/bench/training.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import common
+
+from emotion_classifier import distribute, input_pipeline  # noqa: E402  (path set by common)
+from emotion_classifier.config import Config, GeneratorConfig  # noqa: E402
+from emotion_classifier.losses import WeightedCrossEntropy  # noqa: E402
+from emotion_classifier.models import build_model  # noqa: E402
+
+CLASSES = 7
+
+
+class StepTimer:
+    """Times ``model.fit`` steps after the first ``skipped`` ones (tracing and warm-up)."""
+
+    def __init__(self, skipped: int):
+        import keras
+
+        timer = self
+
+        class Callback(keras.callbacks.Callback):
+            def on_train_batch_begin(self, batch, logs=None):
+                if batch == skipped:
+                    timer.started = time.perf_counter()
+
+            def on_train_end(self, logs=None):
+                timer.finished = time.perf_counter()
+
+        self.callback = Callback()
+        self.started = self.finished = 0.0
+
+
+def training_speed(section: str, image_size: int, data, steps: int, batch_size: int, mixed_precision: bool) -> float:
+    import keras
+
+    config = Config()
+    model_config = getattr(config, section)
+    model_config.image_size = image_size
+    model_config.weights = "none"
+    keras.utils.set_random_seed(0)
+    with distribute.precision_policy(mixed_precision):
+        model = build_model(section, model_config, CLASSES)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=WeightedCrossEntropy([1.0] * CLASSES),
+                      metrics=["accuracy"])
+    skipped = 2
+    timer = StepTimer(skipped)
+    model.fit(data, epochs=1, steps_per_epoch=steps + skipped, verbose=0, callbacks=[timer.callback])
+    return steps * batch_size / (timer.finished - timer.started)
+
+
+def original_loader(paths: list[str], batch_size: int, labels: np.ndarray):
+    """The original loader as a Python generator of (images, labels) batches, forever."""
+    import skimage.io
+    import skimage.transform
+
+    position = 0
+    while True:
+        batch = [paths[(position + offset) % len(paths)] for offset in range(batch_size)]
+        images = np.array([skimage.transform.resize(skimage.io.imread(p), (256, 256, 3)) for p in batch]) / 255.0
+        # The original divided by 255 twice (resize already returns [0, 1]); our models take [0, 255].
+        yield (images * 255.0 * 255.0).astype("float32"), labels[:batch_size]
+        position += batch_size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a few steps at small sizes (seconds)")
+    parser.add_argument("--gpu-only", action="store_true", help="skip the CPU-only figures' repeat without a GPU")
+    parser.add_argument("--output", default="training", help="report name under reports/bench/")
+    arguments = parser.parse_args()
+    import tensorflow as tf
+
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    if arguments.gpu_only and not gpu:
+        raise SystemExit("--gpu-only: no GPU found")
+    if arguments.quick:
+        batch_size, steps = 8, 3
+        configurations = [("model_4", "seed_original_size", 64), ("model_4", "seed_default_size", 48),
+                          ("model_6", "resnet50", 32)]
+    else:
+        batch_size = 64 if gpu else 32
+        steps = 40 if gpu else 6
+        configurations = [("model_4", "seed_original_size", common.ORIGINAL_SIZE),
+                          ("model_4", "seed_default_size", common.DEFAULT_TRAINING_SIZE),
+                          ("model_6", "resnet50", 224)]
+    precisions = [False, True] if gpu else [False]
+    root, frame = common.fer_images(2000 if not arguments.quick else 64)
+    paths = [str(root / name) for name in frame["filename"]]
+    labels = frame["class_index"].to_numpy(dtype="int32") % CLASSES
+    frame["class_index"] = labels
+
+    rows = []
+    for section, name, size in configurations:
+        for mixed in precisions:
+            pipeline = input_pipeline.make_dataset(frame, root, size, 3, batch_size, training=True,
+                                                   generator_config=GeneratorConfig()).repeat()
+            first_images, first_labels = next(iter(pipeline))
+            in_memory = tf.data.Dataset.from_tensors((first_images, first_labels)).repeat()
+            speeds = {
+                "pipeline": training_speed(section, size, pipeline, steps, batch_size, mixed),
+                "in_memory": training_speed(section, size, in_memory, steps, batch_size, mixed),
+            }
+            if name == "seed_original_size" and not arguments.quick:
+                generator = original_loader(paths, batch_size, labels)
+                signature = (tf.TensorSpec((batch_size, 256, 256, 3), tf.float32), tf.TensorSpec((batch_size,), tf.int32))
+                original = tf.data.Dataset.from_generator(lambda: generator, output_signature=signature)
+                speeds["original_loader"] = training_speed(section, size, original, max(2, steps // 3), batch_size, mixed)
+            row = {"model": section, "configuration": name, "image_size": size, "device": "GPU" if gpu else "CPU",
+                   "mixed_precision": mixed, **{key: round(value, 1) for key, value in speeds.items()},
+                   "pipeline_share": round(speeds["pipeline"] / speeds["in_memory"], 3)}
+            if "original_loader" in speeds:
+                row["pipeline_over_original"] = round(speeds["pipeline"] / speeds["original_loader"], 1)
+            rows.append(row)
+            print(row, flush=True)
+    columns = ["model", "configuration", "image_size", "device", "mixed_precision", "pipeline", "in_memory",
+               "original_loader", "pipeline_share", "pipeline_over_original"]
+    common.print_table("Training images per second by input (pipeline_share = pipeline / in_memory)", rows, columns)
+    common.write_report(arguments.output, {"quick": arguments.quick, "batch_size": batch_size, "timed_steps": steps,
+                                           "machine": common.machine_description(), "results": rows})
+
+
+if __name__ == "__main__":
+    main()
