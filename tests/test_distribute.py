@@ -101,6 +101,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+# Slow (two TensorFlow processes) and, for now, an expected failure: kept out of the default run.
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
     "Keras 3's model.fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585): "
     "strategy.reduce of the first PerReplica batch, then the per-replica output reduction"))
@@ -173,7 +175,9 @@ def test_mixed_precision_policy_is_scoped_and_outputs_stay_float32():
     with distribute.precision_policy(True):
         model = build_model_4((32, 32, 1), 3, conv_filters=[4, 8], dense_units=[8])
     assert keras.config.dtype_policy().name == before
-    assert model.get_layer("conv_1").compute_dtype == "float16"
+    # bfloat16 on this CPU-only machine (fast through oneDNN), float16 where a GPU is present.
+    expected = "float16" if distribute.mixed_precision_policy_name() == "mixed_float16" else "bfloat16"
+    assert model.get_layer("conv_1").compute_dtype == expected
     assert model.get_layer("conv_1").variable_dtype == "float32"
     assert model.output.dtype == "float32"
     assert distribute.jit_compile_argument("off") is False and distribute.jit_compile_argument("auto") == "auto"

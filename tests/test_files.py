@@ -52,3 +52,12 @@ def test_stage_stamp_notices_changed_settings_inputs_and_missing_outputs(tmp_pat
 def test_json_handles_numpy_values(tmp_path):
     files.write_json(tmp_path / "x.json", {"count": np.int64(3), "values": np.array([0.5])})
     assert files.read_json(tmp_path / "x.json") == {"count": 3, "values": [0.5]}
+
+
+def test_artifacts_get_ordinary_permissions(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        files.write_text(tmp_path / "report.json", "{}")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o644

@@ -34,12 +34,21 @@ def atomic_path(destination: str | Path, suffix: str | None = None) -> Iterator[
     )
     os.close(handle)
     temporary = Path(temporary_name)
+    # mkstemp creates the file readable by its owner only; artifacts get the permissions an
+    # ordinary new file would (the umask decides). Secrets tighten them again themselves.
+    os.chmod(temporary, 0o666 & ~_current_umask())
     try:
         yield temporary
         os.replace(temporary, destination)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | Path, text: str) -> None:

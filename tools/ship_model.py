@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Copy a finished training run into models/shipped/<name>/, the model the project ships.
+
+The shipped folder holds the model without its optimizer state (a third of the size), its
+model_info.json, the evaluation report of the run (evaluation.json, confusion_matrix.png) and a
+README with the command, hardware, time and figures, all read from the run's own files:
+
+    python tools/ship_model.py --run models/fer2013_vgg --report reports/fer2013/fer2013_vgg \\
+        --config config/fer2013.toml --name fer2013
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+from pathlib import Path
+
+from emotion_classifier import files, model_io
+
+
+def describe(run: Path, report: Path, config_path: str, name: str) -> str:
+    summary = files.read_json(run / "training_summary.json")
+    evaluation = files.read_json(report / "evaluation.json")
+    metrics = evaluation["metrics"]
+    recall_rows = "\n".join(
+        f"| {class_name} | {values['precision']:.3f} | {values['recall']:.3f} | {values['f1']:.3f} | {values['support']} |"
+        for class_name, values in evaluation["per_class"].items()
+    )
+    minutes = summary["seconds"] / 60
+    return f"""# The shipped model: {name}
+
+`model.keras` classifies a face crop into {len(evaluation['model_classes'])} emotions
+({', '.join(evaluation['model_classes'])}). Input: {summary.get('image_size', evaluation['image_size'])}x{evaluation['image_size']}
+{'grayscale' if evaluation['channels'] == 1 else 'RGB'} float32 images with values in [0, 255]; the model rescales them itself, and
+`model_info.json` beside it carries the class list and input size, so no caller has to know them.
+It is the default model of the demo, `emotion-predict`, `emotion-export` and the evaluation scripts.
+
+## How it was made
+
+```bash
+make run CONFIG={config_path}          # or the stages one by one with --config {config_path}
+python tools/ship_model.py --run {run} --report {report} --config {config_path} --name {name}
+```
+
+- Data: FER2013 train/ (learning; a class-balanced validation set held out of it chose the best
+  epoch), val/ = PublicTest, {evaluation['images']} images (the figures below; never used to choose anything).
+- Recipe: preset `{summary.get('preset', 'fer_vgg')}`, {summary['epochs_run']} epochs (best: epoch {summary['best_epoch']}), see `{config_path}`.
+- Hardware: {platform.processor() or platform.machine()}, 2 CPU cores, no GPU; mixed bfloat16.
+- Training time: {minutes:.0f} minutes ({summary['images_per_second']:.0f} images/s).
+
+## Evaluation on FER2013 val (PublicTest), test-time augmentation `{evaluation.get('test_time_augmentation', 'none')}`
+
+| metric | value |
+|---|---:|
+| accuracy | {metrics['accuracy']:.4f} |
+| balanced accuracy | {metrics['balanced_accuracy']:.4f} |
+| macro F1 | {metrics['macro_f1']:.4f} |
+| weighted F1 | {metrics['weighted_f1']:.4f} |
+| Cohen's kappa | {metrics['cohen_kappa']:.4f} |
+
+| class | precision | recall | F1 | images |
+|---|---:|---:|---:|---:|
+{recall_rows}
+
+`evaluation.json` has every figure and the confusion matrix; `confusion_matrix.png` shows it.
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True, help="the training run folder")
+    parser.add_argument("--report", type=Path, required=True, help="the evaluation report folder of the run")
+    parser.add_argument("--config", required=True, help="the configuration the run was trained with")
+    parser.add_argument("--name", default="fer2013")
+    arguments = parser.parse_args()
+
+    destination = model_io.SHIPPED_MODEL_PATH.parent.parent / arguments.name
+    destination.mkdir(parents=True, exist_ok=True)
+    model, info = model_io.load_trained_model(arguments.run / "best.keras")
+    with files.atomic_path(destination / "model.keras") as temporary:
+        model.save(temporary)  # loaded without compiling: no optimizer state is saved
+    model_io.save_model_info(destination / "model.keras", info["classes"], info["image_size"], info["channels"],
+                             **{key: value for key, value in info.items()
+                                if key not in ("classes", "image_size", "channels", "input")})
+    for name in ("evaluation.json", "confusion_matrix.png"):
+        shutil.copyfile(arguments.report / name, destination / name)
+    files.write_text(destination / "README.md", describe(arguments.run, arguments.report, arguments.config, arguments.name))
+    print(f"shipped {arguments.run} as {destination} "
+          f"({(destination / 'model.keras').stat().st_size / 1e6:.1f} MB)")
+    print(json.dumps(files.read_json(destination / "evaluation.json")["metrics"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
