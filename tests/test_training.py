@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emotion_classifier import model_io, training
+from emotion_classifier import manifest, model_io, training
 from emotion_classifier.cli import PipelineError
 from test_input_pipeline import write_split_fixture
 
@@ -107,7 +107,6 @@ CHILD_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
 def test_run_killed_mid_epoch_resumes_and_logs_each_epoch_once(tmp_path):
     config = tiny_config(tmp_path, input_mode="arrays", epochs=3)
     config.generator.parallel_calls = 1
@@ -147,3 +146,18 @@ def test_run_killed_mid_epoch_resumes_and_logs_each_epoch_once(tmp_path):
     assert summary["epochs_run"] == 3
     model, info = model_io.load_trained_model(run_dir / "best.keras")
     assert model.output_shape == (None, 3) and info["channels"] == 1
+
+
+def test_an_image_that_fails_to_decode_during_training_is_skipped_counted_and_reported(tmp_path, capsys):
+    """A file that passed the manifest checks but is corrupt by training time costs one image, not the run."""
+    config = tiny_config(tmp_path)
+    config.model_4.epochs = 1
+    frame = manifest.read_manifest(config.paths.split_manifest)
+    corrupt = frame[frame["split"] == "train"].iloc[0]["filename"]
+    (Path(config.paths.images_root) / corrupt).write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    run_dir = training.train(config, "model_4")
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    # Training repeats its data, so the epoch may also have reached the file in the next pass.
+    assert metrics["skipped_images"].iloc[0] >= 1
+    assert "could not be decoded and were skipped" in capsys.readouterr().out
+    model_io.load_trained_model(run_dir / "best.keras")

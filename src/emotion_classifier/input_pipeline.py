@@ -151,9 +151,28 @@ def build_augmentation(generator_config, seed: int = 0) -> keras.Sequential | No
 # --- tf.data ---------------------------------------------------------------------------------
 
 
+class DecodeCounter:
+    """Counts the images a tf.data pipeline tried to decode and those it decoded.
+
+    The pipeline skips a file that fails to decode (``ignore_errors``) instead of stopping a
+    run of days; the difference between the two counts is the number of files skipped, which
+    training reports at the end of every epoch. TensorFlow logs each skipped file's error.
+    """
+
+    def __init__(self):
+        import tensorflow as tf
+
+        self.attempted = tf.Variable(0, dtype=tf.int64, trainable=False, name="images_attempted")
+        self.decoded = tf.Variable(0, dtype=tf.int64, trainable=False, name="images_decoded")
+
+    def skipped(self) -> int:
+        """Files skipped so far (exact whenever the pipeline is not in the middle of a decode)."""
+        return int(self.attempted.numpy()) - int(self.decoded.numpy())
+
+
 def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, channels: int,
                  batch_size: int, training: bool, generator_config, seed: int = 0,
-                 drop_remainder: bool = False):
+                 drop_remainder: bool = False, decode_counter: DecodeCounter | None = None):
     """A ``tf.data.Dataset`` of ``(images, labels)`` batches for the rows of ``frame``.
 
     Images are float32 ``(batch, image_size, image_size, channels)`` with values in [0, 255];
@@ -162,6 +181,7 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
     dataset is finite (one pass over the rows); training repeats it as it needs.
     ``drop_remainder`` leaves out the last, partial batch of each pass (training on several
     replicas needs full batches: a replica handed no image fails in BatchNormalization).
+    A file that fails to decode is skipped; ``decode_counter`` counts such files.
     """
     import tensorflow as tf
 
@@ -184,7 +204,12 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
         paths, boxes, labels = paths[order], boxes[order], labels[order]
 
     def read_crop_resize(path, box, label):
-        encoded = tf.io.read_file(path)
+        if decode_counter is None:
+            encoded = tf.io.read_file(path)
+        else:
+            # Counted before the file is read, so a file whose decoding fails is counted too.
+            with tf.control_dependencies([decode_counter.attempted.assign_add(1)]):
+                encoded = tf.io.read_file(path)
         # decode_image's JPEG decoder uses libjpeg's fast, inexact inverse DCT (about 2 grey
         # levels off on average); the accurate one decodes exactly as Pillow does.
         image = tf.cond(
@@ -219,6 +244,10 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
         image = tf.clip_by_value(image, 0.0, 255.0)
         if channels == 1:
             image = tf.image.rgb_to_grayscale(image)
+        if decode_counter is not None:
+            # Depends on the decoded image's runtime height (the final shape is static and would
+            # be constant-folded), so it runs only when decoding has succeeded.
+            decode_counter.decoded.assign_add(tf.cast(height > 0, tf.int64))
         return image, label
 
     dataset = tf.data.Dataset.from_tensor_slices((paths, boxes, labels))

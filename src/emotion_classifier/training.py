@@ -60,6 +60,28 @@ STATE_NAME = "state.json"
 MODEL_SECTIONS = ("model_4", "model_6")
 
 
+class SkippedImagesReport(keras.callbacks.Callback):
+    """At the end of every epoch, reports the images that could not be decoded and were skipped.
+
+    ``skipped_count`` returns the cumulative count of the input pipeline; the epoch's share is
+    printed when it is not zero and logged as ``skipped_images`` (a metrics.csv column).
+    """
+
+    def __init__(self, skipped_count):
+        super().__init__()
+        self.skipped_count = skipped_count
+        self.reported = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        total = self.skipped_count()
+        skipped, self.reported = total - self.reported, total
+        if logs is not None:
+            logs["skipped_images"] = skipped
+        if skipped:
+            print(f"epoch {epoch + 1}: {skipped} image(s) could not be decoded and were skipped "
+                  "(TensorFlow's warnings above name the error)")
+
+
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     """EarlyStopping on validation loss whose counters survive an interruption."""
 
@@ -183,7 +205,7 @@ def train(config, section_name: str, force: bool = False) -> Path:
             )
 
 
-    training_data, validation_data, steps_per_epoch = _make_inputs(
+    training_data, validation_data, steps_per_epoch, skipped_count = _make_inputs(
         config, model_config, training_rows, validation_rows, strategy
     )
     early_stopping = ResumableEarlyStopping(model_config.patience, state)
@@ -195,6 +217,8 @@ def train(config, section_name: str, force: bool = False) -> Path:
     # Every worker stops early on the same (all-reduced) validation loss; only the chief logs
     # and saves.
     callbacks = [
+        # Before the CSV logger, so that metrics.csv gets the skipped_images column.
+        SkippedImagesReport(skipped_count),
         keras.callbacks.CSVLogger(str(run_dir / METRICS_NAME), append=True),
         early_stopping,
         checkpoint,
@@ -358,6 +382,7 @@ def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_r
     steps = min(full_steps, model_config.max_steps_per_epoch) if model_config.max_steps_per_epoch > 0 else full_steps
     shape = (config.paths.images_root, model_config.image_size, model_config.channels, model_config.batch_size)
     if model_config.input_mode == "tf_data":
+        counter = None
         # Several replicas need full training batches (see make_dataset); one device keeps every image.
         drop_remainder = strategy is not None and len(training_rows) >= model_config.batch_size
         if config.generator.source == "tfrecords":
@@ -367,17 +392,20 @@ def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_r
                                                        drop_remainder=drop_remainder)
             validation_data = tfrecords.evaluation_dataset(config, model_config, validation_rows, "valid")
         else:
+            counter = input_pipeline.DecodeCounter()
             training_data = input_pipeline.make_dataset(
                 training_rows, *shape, training=True, generator_config=config.generator, seed=model_config.seed,
-                drop_remainder=drop_remainder,
+                drop_remainder=drop_remainder, decode_counter=counter,
             )
             validation_data = input_pipeline.make_dataset(
-                validation_rows, *shape, training=False, generator_config=config.generator
+                validation_rows, *shape, training=False, generator_config=config.generator,
+                decode_counter=counter,
             )
         # Repeated, so that capped epochs keep drawing new batches instead of running dry.
         training_data = distribute.shard_for_workers(training_data.repeat(), strategy)
         validation_data = distribute.shard_for_workers(validation_data, strategy)
-        return training_data, validation_data, steps
+        # TFRecord shards were decoded when they were written: nothing is skipped while training.
+        return training_data, validation_data, steps, (counter.skipped if counter else (lambda: 0))
     workers = config.generator.parallel_calls or os.cpu_count() or 1
     training_data = input_pipeline.ImageBatches(
         training_rows, *shape, training=True, generator_config=config.generator,
@@ -386,7 +414,8 @@ def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_r
     validation_data = input_pipeline.ImageBatches(
         validation_rows, *shape, training=False, generator_config=config.generator, workers=workers,
     )
-    return training_data, validation_data, steps
+    return training_data, validation_data, steps, (
+        lambda: len(training_data.unreadable_files) + len(validation_data.unreadable_files))
 
 
 def _truncate_metrics(metrics_path: Path, epochs_completed: int) -> None:
