@@ -27,7 +27,7 @@ from PIL import Image
 from emotion_classifier import export, faces, files, model_io, predict
 from emotion_classifier.config import Config
 
-FER_VALIDATION = Path("/work/shared/datasets/fer2013/val")
+FER_VALIDATION = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fer2013" / "val"
 OUTPUT = Path("reports") / "bench" / "predict_speed.json"
 PHOTO_SIDE = 256
 FACE_SIDE = 150

@@ -14,7 +14,7 @@ from emotion_classifier import consolidate, files
 from emotion_classifier.cli import PipelineError
 from emotion_classifier.config import Config
 
-FER_ROOT = Path("/work/shared/datasets/fer2013")
+from fer_data import FER_ROOT
 
 
 def write(path: Path, data: bytes) -> Path:

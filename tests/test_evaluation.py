@@ -12,12 +12,12 @@ import pytest
 from PIL import Image
 from sklearn import metrics as sklearn_metrics
 
-from emotion_classifier import evaluation, manifest
+from emotion_classifier import evaluation, manifest, model_io
 from emotion_classifier.cli import PipelineError
 from emotion_classifier.config import Config
 from model_fixtures import save_tiny_model
 
-FER2013 = Path("/work/shared/datasets/fer2013")
+from fer_data import FER_ROOT as FER2013
 # The model knows "surprise", which the folder dataset below lacks; the dataset has "disgust",
 # which the model does not know.
 MODEL_CLASSES = ["neutral", "happy", "sad", "anger", "surprise"]
@@ -181,8 +181,16 @@ def test_unreadable_image_is_listed_and_left_out(tiny_model, tmp_path):
     assert report["images"] == 7
 
 
-def test_missing_inputs_say_which_stage_to_run(tiny_model, tmp_path):
+def test_missing_run_falls_back_to_the_shipped_model(tiny_model, tmp_path, monkeypatch):
     config = make_config(tmp_path)
+    monkeypatch.setattr(model_io, "SHIPPED_MODEL_PATH", Path(tiny_model))
+    assert evaluation.resolve_model_path(config, "model_evaluation_4", "model_4") == Path(tiny_model)
+
+
+def test_missing_inputs_say_which_stage_to_run(tiny_model, tmp_path, monkeypatch):
+    config = make_config(tmp_path)
+    # Without a shipped model to fall back to, a missing run names the stage that trains it.
+    monkeypatch.setattr(model_io, "SHIPPED_MODEL_PATH", tmp_path / "no_shipped_model.keras")
     with pytest.raises(PipelineError, match=r"model_4\.py"):
         evaluation.run(config)
     with pytest.raises(PipelineError, match=r"model_6\.py"):

@@ -13,7 +13,7 @@ from emotion_classifier import export, files, model_io
 from emotion_classifier.cli import PipelineError
 from emotion_classifier.config import Config
 
-FER_ROOT = Path("/work/shared/datasets/fer2013")
+from fer_data import FER_ROOT
 IMAGE_SIZE = 32
 TRAIN_PER_CLASS = 40
 VERIFY_PER_CLASS = 20

@@ -15,7 +15,7 @@ from emotion_classifier.config import PredictConfig
 
 # A real photograph that ships with matplotlib: Grace Hopper, one frontal face.
 GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-FER_ROOT = Path("/work/shared/datasets/fer2013")
+from fer_data import FER_ROOT
 EXIF_ORIENTATION_TAG = 0x0112
 # EXIF orientation 6: the stored pixels must be turned 90 degrees clockwise to be seen upright.
 ROTATE_CLOCKWISE_ON_DISPLAY = 6

@@ -24,7 +24,7 @@ from emotion_classifier.input_pipeline import (
 )
 from emotion_classifier.manifest import MANIFEST_COLUMNS
 
-FER_ROOT = Path("/work/shared/datasets/fer2013")
+from fer_data import FER_ROOT
 BACKGROUND = (200, 30, 30)
 FACE_COLOUR = (20, 40, 220)
 FACE_BOX = (10, 20, 30, 16)  # x, y, width, height inside a 64x48 image

@@ -18,7 +18,7 @@ from emotion_classifier.cli import PipelineError
 from emotion_classifier.config import Config
 from emotion_classifier.manifest import MANIFEST_COLUMNS, REJECTED_COLUMNS, read_manifest
 
-FER2013 = Path("/work/shared/datasets/fer2013")
+from fer_data import FER_ROOT as FER2013
 HEADER = ",".join(labels.AFFECTNET_CSV_COLUMNS)
 IMAGE_SIZE = (120, 100)
 LANDMARKS = ";".join(f"{value:.2f}" for value in np.linspace(20.0, 90.0, 136))

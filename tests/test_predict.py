@@ -12,6 +12,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
+from fer_data import FER_ROOT
 from PIL import Image
 
 from emotion_classifier import export, gradcam, model_io, predict
@@ -19,7 +20,7 @@ from emotion_classifier.cli import PipelineError
 from emotion_classifier.config import PredictConfig
 
 GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-FER_IMAGE = next(iter(sorted(Path("/work/shared/datasets/fer2013/val/happy").glob("*.jpg"))), None)
+FER_IMAGE = next(iter(sorted((FER_ROOT / "val" / "happy").glob("*.jpg"))), None)
 CLASSES = ["anger", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 IMAGE_SIZE = 64
 EXIF_ORIENTATION_TAG = 0x0112
