@@ -31,3 +31,5 @@ def fer_root() -> Path:
 
 
 FER_ROOT = fer_root()
+# Some tests need more images than the sample's 15 validation images per class.
+FULL_FER_AVAILABLE = FER_ROOT == SHARED_FER_ROOT

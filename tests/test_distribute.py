@@ -14,6 +14,7 @@ from pathlib import Path
 import keras
 import pandas as pd
 import pytest
+from fer_data import FULL_FER_AVAILABLE
 
 from emotion_classifier import distribute
 from emotion_classifier.cli import PipelineError
@@ -84,6 +85,7 @@ def assert_trained_and_saved_once(tmp_path: Path) -> None:
     assert sorted(path.name for path in saved_models) == ["best.keras", "epoch_0004.keras"]
 
 
+@pytest.mark.skipif(not FULL_FER_AVAILABLE, reason="needs ../shared/datasets/fer2013: too few sample images for the loss to fall reliably")
 def test_mirrored_strategy_trains_on_two_logical_cpus(tmp_path):
     config_path = distributed_config(tmp_path, "mirrored")
     script = tmp_path / "child.py"
