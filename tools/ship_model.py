@@ -79,8 +79,10 @@ def main() -> None:
     destination = model_io.SHIPPED_MODEL_PATH.parent.parent / arguments.name
     destination.mkdir(parents=True, exist_ok=True)
     model, info = model_io.load_trained_model(arguments.run / "best.keras")
+    # float32 computation (trained under mixed precision) and no optimizer state (not compiled).
+    model = model_io.as_float32(model)
     with files.atomic_path(destination / "model.keras") as temporary:
-        model.save(temporary)  # loaded without compiling: no optimizer state is saved
+        model.save(temporary)
     model_io.save_model_info(destination / "model.keras", info["classes"], info["image_size"], info["channels"],
                              **{key: value for key, value in info.items()
                                 if key not in ("classes", "image_size", "channels", "input")})

@@ -124,6 +124,8 @@ def export_model(model_path: str | Path, output_dir: str | Path, calibration_ima
     output_dir = Path(output_dir)
     try:
         model, info = model_io.load_trained_model(model_path)
+        # TFLite converts float32 graphs: undo mixed precision (weights are float32 already).
+        model = model_io.as_float32(model)
     except (FileNotFoundError, ValueError) as error:
         raise PipelineError(f"cannot load the model to export: {error}") from error
     expected_shape = (int(info["image_size"]), int(info["image_size"]), int(info["channels"]))

@@ -65,3 +65,33 @@ def load_trained_model(model_path: str | Path):
     info = read_model_info(model_path)
     model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
     return model, info
+
+
+def _float32_config(value):
+    """A layer configuration with every mixed-precision dtype policy replaced by float32."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "DTypePolicy" and isinstance(value.get("config"), dict):
+            name = value["config"].get("name", "")
+            if name.startswith("mixed_"):
+                return {**value, "config": {**value["config"], "name": "float32"}}
+        return {key: _float32_config(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_float32_config(item) for item in value]
+    if isinstance(value, str) and value.startswith("mixed_"):
+        return "float32"
+    return value
+
+
+def as_float32(model):
+    """The same model computing in float32, for inference and export.
+
+    A model trained under mixed precision keeps float32 weights but computes in bfloat16 or
+    float16, which TFLite cannot convert and CPUs without bfloat16 units run slowly; the copy
+    has the same weights and float32 computation everywhere.
+    """
+    import keras
+
+    config = _float32_config(model.get_config())
+    copy = model.__class__.from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy
