@@ -52,10 +52,28 @@ def main(
     """Parse the command line, load the configuration and run one stage; return the exit status."""
     parser = build_parser(description, section)
     arguments = parser.parse_args(argv)
+    return run_configured(run, arguments.config, arguments.overrides, section, arguments.force)
+
+
+def run_configured(
+    run: Callable[[Config, bool], int | None],
+    config_path: str | Path | None,
+    overrides: list[str],
+    section: str,
+    force: bool,
+    adjust: Callable[[Config], None] | None = None,
+) -> int:
+    """Load the configuration, let ``adjust`` apply command-line options, run; return the exit status.
+
+    Shared by the stage scripts and the console commands, so every entry point reports a bad
+    configuration or a user-fixable problem in one line (status 2) and an interruption as 130.
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        config = load_config(arguments.config, arguments.overrides, default_section=section)
-        status = run(config, arguments.force)
+        config = load_config(config_path, overrides, default_section=section)
+        if adjust is not None:
+            adjust(config)
+        status = run(config, force)
     except (ConfigError, PipelineError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from emotion_classifier import files, model_io
+from emotion_classifier import cli, files, model_io
 from emotion_classifier.cli import DEFAULT_CONFIG, PipelineError
-from emotion_classifier.config import Config, ConfigError, load_config
+from emotion_classifier.config import Config
 
 LOGGER = logging.getLogger(__name__)
 
@@ -283,21 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point ``emotion-export``; returns the exit status."""
     arguments = build_parser().parse_intermixed_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config_path = arguments.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
-    try:
-        config = load_config(config_path, arguments.overrides, default_section="export")
+
+    def apply_options(config: Config) -> None:
         if arguments.model is not None:
             config.export.model = arguments.model
         if arguments.output is not None:
             config.export.output_dir = arguments.output
-        return run(config, arguments.force)
-    except (ConfigError, PipelineError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: files already written are complete; re-run to redo the rest", file=sys.stderr)
-        return 130
+
+    return cli.run_configured(run, config_path, arguments.overrides, "export", arguments.force, apply_options)
 
 
 if __name__ == "__main__":

@@ -63,20 +63,7 @@ def build_model_4(
     ``dense_units`` with a Dropout after the first one only, then a softmax layer. The first
     layer rescales [0, 255] inputs to [0, 1].
     """
-    _check_common_arguments(input_shape, num_classes)
-    if not conv_filters or any(int(filters) < 1 for filters in conv_filters):
-        raise ValueError(f"conv_filters must be a non-empty list of positive integers, got {conv_filters!r}")
-    if any(int(units) < 1 for units in dense_units):
-        raise ValueError(f"dense_units must be positive integers, got {dense_units!r}")
-    for name, rate in (("conv_dropout", conv_dropout), ("dense_dropout", dense_dropout)):
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {rate}")
-    smallest_side = min(input_shape[0], input_shape[1]) // 2 ** len(conv_filters)
-    if smallest_side < 1:
-        raise ValueError(
-            f"input {tuple(input_shape)} is too small for {len(conv_filters)} pooling steps; "
-            "use a larger image_size or fewer conv_filters"
-        )
+    _check_cnn_arguments(input_shape, num_classes, conv_filters, dense_units, conv_dropout, dense_dropout)
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = keras.layers.Rescaling(1.0 / 255.0, name="rescale_to_unit")(inputs)
@@ -115,16 +102,9 @@ def build_vgg(
     original's Flatten, so it overfits less on 30k images), Dense -> ReLU -> Dropout per entry of
     ``dense_units``, and softmax. Convolutions carry no bias because BatchNormalization follows.
     """
-    _check_common_arguments(input_shape, num_classes)
-    if not conv_filters or any(int(filters) < 1 for filters in conv_filters):
-        raise ValueError(f"conv_filters must be a non-empty list of positive integers, got {conv_filters!r}")
+    _check_cnn_arguments(input_shape, num_classes, conv_filters, dense_units, conv_dropout, dense_dropout)
     if convs_per_block < 1:
         raise ValueError(f"convs_per_block must be at least 1, got {convs_per_block}")
-    for name, rate in (("conv_dropout", conv_dropout), ("dense_dropout", dense_dropout)):
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {rate}")
-    if min(input_shape[0], input_shape[1]) // 2 ** len(conv_filters) < 1:
-        raise ValueError(f"input {tuple(input_shape)} is too small for {len(conv_filters)} pooling steps")
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = keras.layers.Rescaling(1.0 / 255.0, name="rescale_to_unit")(inputs)
@@ -235,6 +215,25 @@ def download_host_reachable(host: str = WEIGHTS_DOWNLOAD_HOST, port: int = 443,
             return True
     except OSError:
         return False
+
+
+def _check_cnn_arguments(input_shape: Sequence[int], num_classes: int, conv_filters: Sequence[int],
+                         dense_units: Sequence[int], conv_dropout: float, dense_dropout: float) -> None:
+    """The checks model_4's two architectures share: filters, units, dropout rates, pooling depth."""
+    _check_common_arguments(input_shape, num_classes)
+    if not conv_filters or any(int(filters) < 1 for filters in conv_filters):
+        raise ValueError(f"conv_filters must be a non-empty list of positive integers, got {conv_filters!r}")
+    if any(int(units) < 1 for units in dense_units):
+        raise ValueError(f"dense_units must be positive integers, got {dense_units!r}")
+    for name, rate in (("conv_dropout", conv_dropout), ("dense_dropout", dense_dropout)):
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {rate}")
+    smallest_side = min(input_shape[0], input_shape[1]) // 2 ** len(conv_filters)
+    if smallest_side < 1:
+        raise ValueError(
+            f"input {tuple(input_shape)} is too small for {len(conv_filters)} pooling steps; "
+            "use a larger image_size or fewer conv_filters"
+        )
 
 
 def _check_common_arguments(input_shape: Sequence[int], num_classes: int) -> None:

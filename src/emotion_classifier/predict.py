@@ -37,9 +37,9 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from tqdm import tqdm
 
-from emotion_classifier import faces, files, model_io
+from emotion_classifier import cli, faces, files, model_io
 from emotion_classifier.cli import DEFAULT_CONFIG, PipelineError
-from emotion_classifier.config import Config, ConfigError, PredictConfig, load_config
+from emotion_classifier.config import Config, PredictConfig
 
 LOGGER = logging.getLogger(__name__)
 
@@ -601,24 +601,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point ``emotion-predict``; returns the exit status."""
     arguments = build_parser().parse_intermixed_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config_path = arguments.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
     options = {"input": arguments.input, "model": arguments.model, "tflite_model": arguments.tflite,
                "output_dir": arguments.output}
-    try:
-        config = load_config(config_path, arguments.overrides, default_section="predict")
+
+    def apply_options(config: Config) -> None:
         for key, value in options.items():
             if value is not None:
                 setattr(config.predict, key, value)
         if arguments.explain:
             config.predict.explain = True
-        return run(config, arguments.force)
-    except (ConfigError, PipelineError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: files already written are complete; re-run to redo the rest", file=sys.stderr)
-        return 130
+
+    return cli.run_configured(run, config_path, arguments.overrides, "predict", arguments.force, apply_options)
 
 
 if __name__ == "__main__":
