@@ -148,6 +148,39 @@ def test_tf_data_and_pillow_paths_agree_on_real_images(tmp_path):
         assert 0.0 <= pillow_images.min() and pillow_images.max() <= 255.0 and pillow_images.max() > 100
 
 
+def test_crops_of_one_size_are_resized_per_batch_as_pillow_resizes_them(tmp_path, monkeypatch):
+    filenames, labels = copy_fer_images(tmp_path, per_class=4)
+    paths = [str(tmp_path / name) for name in filenames]
+    no_boxes = np.full((len(paths), 4), -1.0, dtype="float32")
+    assert input_pipeline._common_crop_shape(paths, no_boxes, 0.0) == (48, 48)
+    face_boxes = [(5, 6, 30, 36)] * len(filenames)
+    frames = {
+        "whole 48x48 images": manifest_frame(filenames, labels),
+        "JPEG face windows": manifest_frame(filenames, labels, boxes=face_boxes),
+    }
+    for name, frame in frames.items():
+        for channels in (3, 1):
+            batches = make_dataset(frame, tmp_path, 64, channels, 5, False, no_augmentation())
+            tf_images = np.concatenate([images.numpy() for images, _ in batches])
+            pillow_images, _ = load_arrays(frame, tmp_path, 64, channels)
+            assert tf_images.shape == pillow_images.shape and tf_images.dtype == np.float32, name
+            assert tf_images.min() >= 0.0 and tf_images.max() <= 255.0, name
+            assert np.abs(pillow_images - tf_images).mean() < 1.0, name
+
+    # An image of another size among them is resized to the common size first, not dropped
+    # (a second resampling: a little further from Pillow's single one).
+    Image.open(paths[0]).resize((60, 52)).save(tmp_path / "larger.jpg", quality=95)
+    mixed = manifest_frame(filenames + ["larger.jpg"], labels + [0])
+    assert input_pipeline._common_crop_shape(paths + [str(tmp_path / "larger.jpg")], np.full((13, 4), -1.0), 0.0) is None
+    monkeypatch.setattr(input_pipeline, "_common_crop_shape", lambda *arguments: (48, 48))
+    tf_images = np.concatenate([images.numpy() for images, _ in make_dataset(mixed, tmp_path, 64, 3, 5, False,
+                                                                            no_augmentation())])
+    pillow_images, _ = load_arrays(mixed, tmp_path, 64, 3)
+    assert tf_images.shape == pillow_images.shape
+    assert np.abs(pillow_images[:-1] - tf_images[:-1]).mean() < 1.0
+    assert np.abs(pillow_images[-1] - tf_images[-1]).mean() < 5.0
+
+
 def test_augmentation_only_for_training_and_values_stay_in_range(tmp_path):
     filenames, labels = copy_fer_images(tmp_path, per_class=4)
     frame = manifest_frame(filenames, labels)

@@ -151,7 +151,8 @@ class GeneratorConfig:
     # Parallel decode calls; 0 means tf.data.AUTOTUNE.
     parallel_calls: int = 0
     shuffle_buffer: int = 10_000
-    # Keep decoded, resized images in memory after the first epoch (small datasets only).
+    # Keep decoded images in memory after the first epoch (small datasets only): resized, or
+    # as uint8 face crops when all crops share one size (make_dataset then resizes per batch).
     cache: bool = False
     # Extra margin around a face box, as a fraction of its size, before cropping.
     face_margin: float = 0.0

@@ -51,6 +51,9 @@ GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], dtype="float32")
 
 CLASSES_FILE_NAME = "classes.json"
 
+# Rows whose image headers make_dataset reads to find whether all face crops share one size.
+CROP_SHAPE_SAMPLE = 32
+
 
 # --- Reading the split stage's outputs -------------------------------------------------------
 
@@ -170,6 +173,31 @@ class DecodeCounter:
         return int(self.attempted.numpy()) - int(self.decoded.numpy())
 
 
+def _common_crop_shape(paths: Sequence[str], boxes: np.ndarray, margin: float) -> tuple[int, int] | None:
+    """The ``(height, width)`` shared by the face crops of a sample of rows, or None.
+
+    Reads only the headers of ``CROP_SHAPE_SAMPLE`` files spread over the rows (milliseconds). Face
+    datasets are often all one size (FER2013's 48x48 faces, aligned crops), and then
+    ``make_dataset`` resizes whole batches instead of single images.
+    """
+    rows = np.random.default_rng(0).permutation(len(paths))[:CROP_SHAPE_SAMPLE]
+    shapes: set[tuple[int, int]] = set()
+    for row in rows:
+        try:
+            with Image.open(paths[row]) as opened:
+                width, height = opened.size
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue  # make_dataset skips (and counts) such files itself
+        if boxes[row, 2] > 0:
+            left, top, right, bottom = crop_bounds(boxes[row], margin, width, height)
+            shapes.add((bottom - top, right - left))
+        else:
+            shapes.add((height, width))
+        if len(shapes) > 1:
+            return None
+    return shapes.pop() if shapes else None
+
+
 def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, channels: int,
                  batch_size: int, training: bool, generator_config, seed: int = 0,
                  drop_remainder: bool = False, decode_counter: DecodeCounter | None = None):
@@ -182,6 +210,12 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
     ``drop_remainder`` leaves out the last, partial batch of each pass (training on several
     replicas needs full batches: a replica handed no image fails in BatchNormalization).
     A file that fails to decode is skipped; ``decode_counter`` counts such files.
+
+    When a sample of rows shows face crops of one size (``_common_crop_shape``), images stay
+    uint8 at that size until they are batched, and each batch is converted and resized at
+    once: per-image float work and copies of resized images dominate the cost otherwise.
+    An image of another size in such a dataset is first resized to the common size (one
+    extra, slightly softening resampling) so that batches stay rectangular.
     """
     import tensorflow as tf
 
@@ -197,66 +231,131 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
     paths = np.array(_image_paths(frame, images_root))
     boxes = _face_boxes(frame)
     labels = frame["class_index"].to_numpy(dtype="int32")
+    common_shape = _common_crop_shape(paths, boxes, margin)
+    boxed_rows = int((boxes[:, 2] > 0).sum())
+    jpeg_names_only = all(Path(path).suffix.lower() in (".jpg", ".jpeg") for path in paths)
     if training:
         # Manifests are often sorted by class: a seeded full permutation first, so that the
         # bounded shuffle buffer below mixes classes from the first batch on.
         order = np.random.default_rng(seed).permutation(len(frame))
         paths, boxes, labels = paths[order], boxes[order], labels[order]
 
-    def read_crop_resize(path, box, label):
-        if decode_counter is None:
-            encoded = tf.io.read_file(path)
-        else:
-            # Counted before the file is read, so a file whose decoding fails is counted too.
-            with tf.control_dependencies([decode_counter.attempted.assign_add(1)]):
-                encoded = tf.io.read_file(path)
+    def crop_window(box, height, width):
+        """``(top, left, height, width)`` of the face crop: the bounds of crop_bounds()."""
+        grow_x, grow_y = margin * box[2], margin * box[3]
+        left = tf.minimum(tf.maximum(0, tf.cast(tf.floor(box[0] - grow_x), tf.int32)), width - 1)
+        top = tf.minimum(tf.maximum(0, tf.cast(tf.floor(box[1] - grow_y), tf.int32)), height - 1)
+        right = tf.maximum(tf.minimum(width, tf.cast(tf.math.ceil(box[0] + box[2] + grow_x), tf.int32)), left + 1)
+        bottom = tf.maximum(tf.minimum(height, tf.cast(tf.math.ceil(box[1] + box[3] + grow_y), tf.int32)), top + 1)
+        return top, left, bottom - top, right - left
+
+    def decode_whole(encoded):
         # decode_image's JPEG decoder uses libjpeg's fast, inexact inverse DCT (about 2 grey
         # levels off on average); the accurate one decodes exactly as Pillow does.
+        if jpeg_names_only:
+            # No per-file choice of decoder (a tf.cond per image costs more than the decoding of
+            # a small JPEG); decode_jpeg also decodes PNG and GIF content under a .jpg name.
+            return tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE")
         image = tf.cond(
             tf.io.is_jpeg(encoded),
             lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
             lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False, dtype=tf.uint8),
         )
         image.set_shape([None, None, 3])
-        height = tf.shape(image)[0]
-        width = tf.shape(image)[1]
+        return image
 
-        def crop_to_box():
-            # Same bounds as crop_bounds(): grow by the margin, clamp, keep at least one pixel.
-            grow_x, grow_y = margin * box[2], margin * box[3]
-            left = tf.minimum(tf.maximum(0, tf.cast(tf.floor(box[0] - grow_x), tf.int32)), width - 1)
-            top = tf.minimum(tf.maximum(0, tf.cast(tf.floor(box[1] - grow_y), tf.int32)), height - 1)
-            right = tf.maximum(tf.minimum(width, tf.cast(tf.math.ceil(box[0] + box[2] + grow_x), tf.int32)), left + 1)
-            bottom = tf.maximum(tf.minimum(height, tf.cast(tf.math.ceil(box[1] + box[3] + grow_y), tf.int32)), top + 1)
-            return image[top:bottom, left:right, :]
+    def decode_face(encoded, box):
+        """The face crop; for a JPEG only the crop's window is decoded (within 2 grey levels
+        of cropping the whole decoded image, where chroma is upsampled at the window's edge)."""
 
-        image = tf.cond(box[2] > 0, crop_to_box, lambda: image)
-        # Antialiased bilinear resizing matches Pillow's BILINEAR filter when shrinking. When
-        # enlarging (FER2013's 48x48 faces) it computes the same values as plain bilinear
-        # resizing at a third of the speed, so it is used only where it changes something.
-        image = tf.cast(image, tf.float32)
-        shrinking = tf.logical_or(tf.shape(image)[0] > image_size, tf.shape(image)[1] > image_size)
-        image = tf.cond(
-            shrinking,
-            lambda: tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True),
-            lambda: tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=False),
-        )
-        image = tf.clip_by_value(image, 0.0, 255.0)
-        if channels == 1:
-            image = tf.image.rgb_to_grayscale(image)
+        def decode_jpeg_window():
+            shape = tf.io.extract_jpeg_shape(encoded)
+            window = tf.stack(crop_window(box, shape[0], shape[1]))
+            return tf.io.decode_and_crop_jpeg(encoded, window, channels=3, dct_method="INTEGER_ACCURATE")
+
+        def decode_then_crop():
+            image = decode_whole(encoded)
+            top, left, height, width = crop_window(box, tf.shape(image)[0], tf.shape(image)[1])
+            return image[top:top + height, left:left + width, :]
+
+        image = tf.cond(tf.io.is_jpeg(encoded), decode_jpeg_window, decode_then_crop)
+        image.set_shape([None, None, 3])
+        return image
+
+    def read_and_crop(path, box):
+        """The decoded uint8 RGB image, cropped to its face box when it has one."""
+        if decode_counter is None:
+            encoded = tf.io.read_file(path)
+        else:
+            # Counted before the file is read, so a file whose decoding fails is counted too.
+            with tf.control_dependencies([decode_counter.attempted.assign_add(1)]):
+                encoded = tf.io.read_file(path)
+        if boxed_rows == len(paths):
+            image = decode_face(encoded, box)
+        elif boxed_rows:
+            image = tf.cond(box[2] > 0, lambda: decode_face(encoded, box), lambda: decode_whole(encoded))
+        else:
+            image = decode_whole(encoded)
         if decode_counter is not None:
             # Depends on the decoded image's runtime height (the final shape is static and would
             # be constant-folded), so it runs only when decoding has succeeded.
-            decode_counter.decoded.assign_add(tf.cast(height > 0, tf.int64))
+            decode_counter.decoded.assign_add(tf.cast(tf.shape(image)[0] > 0, tf.int64))
+        return image
+
+    def resized(images, height, width, antialias):
+        """Float images (one or a batch) resized with bilinear filtering, within [0, 255]."""
+        images = tf.image.resize(images, [height, width], method="bilinear", antialias=antialias)
+        # Plain bilinear values are convex combinations of pixels and stay within [0, 255];
+        # the antialiasing filter's normalised weights can overshoot by a rounding error.
+        return tf.clip_by_value(images, 0.0, 255.0) if antialias else images
+
+    def resized_one(image, height, width):
+        # Antialiased bilinear resizing matches Pillow's BILINEAR filter when shrinking. When
+        # enlarging (FER2013's 48x48 faces) it computes the same values as plain bilinear
+        # resizing at a third of the speed, so it is used only where it changes something.
+        shape = tf.shape(image)
+        return tf.cond(
+            tf.logical_or(shape[0] > height, shape[1] > width),
+            lambda: resized(image, height, width, antialias=True),
+            lambda: resized(image, height, width, antialias=False),
+        )
+
+    def to_float_gray(images):
+        images = tf.cast(images, tf.float32)
+        # Resizing and luma are both linear, so reducing to luma first gives the same values
+        # for a third of the resizing work.
+        return tf.image.rgb_to_grayscale(images) if channels == 1 else images
+
+    def read_one_image(path, box, label):
+        """Crops of different sizes: each image is resized on its own."""
+        return resized_one(to_float_gray(read_and_crop(path, box)), image_size, image_size), label
+
+    def read_common_shape(path, box, label):
+        """Crops of one size: the crop stays uint8 at its size; whole batches are resized later."""
+        image = read_and_crop(path, box)
+        shape = tf.shape(image)
+        image = tf.cond(
+            tf.logical_and(shape[0] == common_shape[0], shape[1] == common_shape[1]),
+            lambda: image,
+            lambda: tf.cast(tf.round(resized_one(tf.cast(image, tf.float32), *common_shape)), tf.uint8),
+        )
+        image.set_shape([*common_shape, 3])
         return image, label
+
+    def resize_batch(images, batch_labels):
+        images = to_float_gray(images)
+        if common_shape != (image_size, image_size):
+            shrinking = common_shape[0] > image_size or common_shape[1] > image_size
+            images = resized(images, image_size, image_size, antialias=shrinking)
+        return images, batch_labels
 
     dataset = tf.data.Dataset.from_tensor_slices((paths, boxes, labels))
     shuffle_buffer = max(1, min(generator_config.shuffle_buffer, len(frame)))
     if training and not generator_config.cache:
         # Shuffling file names before decoding keeps the buffer cheap (strings, not pixels).
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.map(read_crop_resize, num_parallel_calls=parallel_calls,
-                          deterministic=not training)
+    dataset = dataset.map(read_one_image if common_shape is None else read_common_shape,
+                          num_parallel_calls=parallel_calls, deterministic=not training)
     dataset = dataset.ignore_errors(log_warning=True)
     if generator_config.cache:
         dataset = dataset.cache()
@@ -264,6 +363,8 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
             # A cached dataset replays its first pass, so the shuffle must come after the cache.
             dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size, num_parallel_calls=parallel_calls, drop_remainder=drop_remainder)
+    if common_shape is not None:
+        dataset = dataset.map(resize_batch, num_parallel_calls=parallel_calls, deterministic=not training)
     augmentation = build_augmentation(generator_config, seed) if training else None
     if augmentation is not None:
         dataset = dataset.map(
