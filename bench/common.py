@@ -23,7 +23,8 @@ sys.path.insert(0, str(PROJECT_ROOT / "src"))
 from emotion_classifier import files  # noqa: E402  (needs the src path above)
 from emotion_classifier.manifest import MANIFEST_COLUMNS  # noqa: E402
 
-FER_ROOT = PROJECT_ROOT.parent / "shared" / "datasets" / "fer2013"
+# EMOTION_BENCH_FER_ROOT points elsewhere, e.g. at a copy carried to a GPU machine.
+FER_ROOT = Path(os.environ.get("EMOTION_BENCH_FER_ROOT", PROJECT_ROOT.parent / "shared" / "datasets" / "fer2013"))
 REPORT_DIR = PROJECT_ROOT / "reports" / "bench"
 # The input size this project recommends for training on face crops (see docs/performance.md).
 DEFAULT_TRAINING_SIZE = 112
@@ -52,7 +53,8 @@ def fer_images(count: int) -> tuple[Path, pd.DataFrame]:
     per_class = [sorted((train_root / name).iterdir()) for name in classes]
     filenames, labels = [], []
     position = 0
-    while len(filenames) < count:
+    # Stops early when the folder holds fewer than ``count`` images.
+    while len(filenames) < count and position < max(len(paths) for paths in per_class):
         for class_index, paths in enumerate(per_class):
             if position < len(paths) and len(filenames) < count:
                 filenames.append(f"{classes[class_index]}/{paths[position].name}")
@@ -108,16 +110,28 @@ def timed(function: Callable[[], object]) -> tuple[object, float]:
 
 
 def machine_description() -> dict:
-    """What the figures were measured on."""
-    import tensorflow as tf
+    """What the figures were measured on (with whichever Keras backend is active)."""
+    import keras
 
-    return {
+    description = {
         "machine": platform.machine(),
         "cpu_cores": os.cpu_count(),
-        "gpus": [device.name for device in tf.config.list_physical_devices("GPU")],
         "python": platform.python_version(),
-        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "keras_backend": keras.backend.backend(),
+        "devices": [str(device) for device in keras.distribution.list_devices()],
     }
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        description["gpus"] = [device.name for device in tf.config.list_physical_devices("GPU")]
+        description["tensorflow"] = tf.__version__
+    elif keras.backend.backend() == "jax":
+        import jax
+
+        description["gpus"] = [device.device_kind for device in jax.devices() if device.platform == "gpu"]
+        description["jax"] = jax.__version__
+    return description
 
 
 def print_table(title: str, rows: list[dict], columns: list[str]) -> None:

@@ -17,15 +17,27 @@ steps only.
     python bench/training.py --quick     # a few steps of small models
     python bench/training.py --gpu-only  # on a machine with a GPU: the GPU figures only
 
+Without TensorFlow (``KERAS_BACKEND=jax``, as on a GPU machine that has JAX but no TensorFlow)
+the inputs are the backend-neutral ones of ``input_mode = "memory"`` and ``"arrays"``:
+
+- ``memory``: ``in_memory.ArrayBatches`` slicing batches from images decoded once (uint8);
+- ``files``: ``input_pipeline.ImageBatches`` decoding the JPEGs with Pillow in threads every step;
+- ``in_memory``: one batch fed again and again; ``original_loader`` as above.
+
+No augmentation in any of them, so that every input trains the same model.
+
 Writes reports/bench/training.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import time
 
 import numpy as np
+import pandas as pd
 
 import common
 
@@ -57,7 +69,8 @@ class StepTimer:
         self.started = self.finished = 0.0
 
 
-def training_speed(section: str, image_size: int, data, steps: int, batch_size: int, mixed_precision: bool) -> float:
+def training_speed(section: str, image_size: int, data, steps: int, batch_size: int, mixed_precision: bool,
+                   epochs_of=None) -> float:
     import keras
 
     config = Config()
@@ -71,7 +84,11 @@ def training_speed(section: str, image_size: int, data, steps: int, batch_size: 
                       metrics=["accuracy"])
     skipped = 2
     timer = StepTimer(skipped)
-    model.fit(data, epochs=1, steps_per_epoch=steps + skipped, verbose=0, callbacks=[timer.callback])
+    # A PyDataset (epochs_of) may hold fewer batches than asked for: its own length is the epoch.
+    steps_per_epoch = None if epochs_of is not None else steps + skipped
+    if epochs_of is not None:
+        steps = min(steps, len(epochs_of) - skipped)
+    model.fit(data, epochs=1, steps_per_epoch=steps_per_epoch, verbose=0, callbacks=[timer.callback])
     return steps * batch_size / (timer.finished - timer.started)
 
 
@@ -89,12 +106,102 @@ def original_loader(paths: list[str], batch_size: int, labels: np.ndarray):
         position += batch_size
 
 
+class RepeatedBatch:
+    """One batch, returned for every step (the input costs nothing but the copy to the device)."""
+
+    def __new__(cls, images: np.ndarray, labels: np.ndarray, steps: int):
+        import keras
+
+        class Batches(keras.utils.PyDataset):
+            def __len__(self):
+                return steps
+
+            def __getitem__(self, index):
+                return images, labels
+
+        return Batches(workers=1, use_multiprocessing=False)
+
+
+def backend_neutral_main(arguments) -> None:
+    """The figures without TensorFlow: memory- and file-fed PyDatasets against one repeated batch."""
+    import keras
+
+    from emotion_classifier import in_memory
+
+    gpu = any("gpu" in str(device).lower() or "cuda" in str(device).lower()
+              for device in keras.distribution.list_devices())
+    if arguments.gpu_only and not gpu:
+        raise SystemExit("--gpu-only: no GPU found")
+    if arguments.quick:
+        batch_size, steps, count = 8, 3, 64
+        configurations = [("model_4", "seed_original_size", 64), ("model_4", "seed_default_size", 48),
+                          ("model_6", "resnet50", 32)]
+    else:
+        batch_size, steps, count = (128, 60, 2048) if gpu else (32, 6, 512)
+        configurations = [("model_4", "seed_original_size", common.ORIGINAL_SIZE),
+                          ("model_4", "seed_default_size", common.DEFAULT_TRAINING_SIZE),
+                          ("model_6", "resnet50", 224)]
+    if arguments.only:
+        configurations = [entry for entry in configurations if entry[1] in arguments.only]
+    precisions = [False, True] if gpu else [False]
+    root, frame = common.fer_images(count)
+    # Full batches only, repeated to cover every timed step: a last, smaller batch would make
+    # JAX compile the training step again inside the timed window.
+    frame = frame.iloc[:max(batch_size, len(frame) // batch_size * batch_size)]
+    frame = pd.concat([frame] * math.ceil((steps + 2) * batch_size / len(frame)), ignore_index=True)
+    paths = [str(root / name) for name in frame["filename"]]
+    labels = frame["class_index"].to_numpy(dtype="int32") % CLASSES
+    frame["class_index"] = labels
+    plain = GeneratorConfig(augment=False)
+    workers = os.cpu_count() or 1
+
+    rows = []
+    for section, name, size in configurations:
+        decoded, decoded_labels = input_pipeline.load_arrays(frame, root, size, 3, dtype="uint8")
+        for mixed in precisions:
+            total = steps + 2
+            inputs = {
+                "memory": in_memory.ArrayBatches(decoded, decoded_labels, batch_size, training=True, workers=workers),
+                "files": input_pipeline.ImageBatches(frame, root, size, 3, batch_size, training=True,
+                                                     generator_config=plain, workers=workers),
+                "in_memory": RepeatedBatch(decoded[:batch_size].astype("float32"), decoded_labels[:batch_size], total),
+            }
+            speeds = {key: training_speed(section, size, data, steps, batch_size, mixed, epochs_of=data)
+                      for key, data in inputs.items()}
+            if name == "seed_original_size" and not arguments.quick:
+                speeds["original_loader"] = training_speed(
+                    section, size, original_loader(paths, batch_size, labels), max(2, steps // 6), batch_size, mixed)
+            row = {"model": section, "configuration": name, "image_size": size, "device": "GPU" if gpu else "CPU",
+                   "mixed_precision": mixed, **{key: round(value, 1) for key, value in speeds.items()},
+                   "memory_share": round(speeds["memory"] / speeds["in_memory"], 3),
+                   "files_share": round(speeds["files"] / speeds["in_memory"], 3)}
+            if "original_loader" in speeds:
+                row["memory_over_original"] = round(speeds["memory"] / speeds["original_loader"], 1)
+                row["files_over_original"] = round(speeds["files"] / speeds["original_loader"], 1)
+            rows.append(row)
+            print(row, flush=True)
+    columns = ["model", "configuration", "image_size", "device", "mixed_precision", "memory", "files", "in_memory",
+               "original_loader", "memory_share", "files_share", "memory_over_original", "files_over_original"]
+    common.print_table("Training images per second by input (shares: input / in_memory), without TensorFlow",
+                       rows, columns)
+    common.write_report(arguments.output, {"quick": arguments.quick, "batch_size": batch_size, "timed_steps": steps,
+                                           "inputs": "backend-neutral (no TensorFlow)",
+                                           "machine": common.machine_description(), "results": rows})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few steps at small sizes (seconds)")
     parser.add_argument("--gpu-only", action="store_true", help="skip the CPU-only figures' repeat without a GPU")
     parser.add_argument("--output", default="training", help="report name under reports/bench/")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="configurations to run (seed_original_size, seed_default_size, resnet50)")
     arguments = parser.parse_args()
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        backend_neutral_main(arguments)
+        return
     import tensorflow as tf
 
     gpu = bool(tf.config.list_physical_devices("GPU"))

@@ -20,7 +20,7 @@ from pathlib import Path
 from emotion_classifier import files, model_io
 
 
-def describe(run: Path, report: Path, config_path: str, name: str) -> str:
+def describe(run: Path, report: Path, config_path: str, name: str, hardware: str) -> str:
     summary = files.read_json(run / "training_summary.json")
     evaluation = files.read_json(report / "evaluation.json")
     metrics = evaluation["metrics"]
@@ -47,7 +47,7 @@ python tools/ship_model.py --run {run} --report {report} --config {config_path} 
 - Data: FER2013 train/ (learning; a class-balanced validation set held out of it chose the best
   epoch), val/ = PublicTest, {evaluation['images']} images (the figures below; never used to choose anything).
 - Recipe: preset `{summary.get('preset', 'fer_vgg')}`, {summary['epochs_run']} epochs (best: epoch {summary['best_epoch']}), see `{config_path}`.
-- Hardware: {platform.processor() or platform.machine()}, 2 CPU cores, no GPU; mixed bfloat16.
+- Hardware: {hardware}.
 - Training time: {minutes:.0f} minutes ({summary['images_per_second']:.0f} images/s).
 
 ## Evaluation on FER2013 val (PublicTest), test-time augmentation `{evaluation.get('test_time_augmentation', 'none')}`
@@ -74,6 +74,8 @@ def main() -> None:
     parser.add_argument("--report", type=Path, required=True, help="the evaluation report folder of the run")
     parser.add_argument("--config", required=True, help="the configuration the run was trained with")
     parser.add_argument("--name", default="fer2013")
+    parser.add_argument("--hardware", default=f"{platform.machine()}, 2 CPU cores, no GPU; mixed bfloat16",
+                        help="what the run was trained on (for the README)")
     arguments = parser.parse_args()
 
     destination = model_io.SHIPPED_MODEL_PATH.parent.parent / arguments.name
@@ -88,7 +90,7 @@ def main() -> None:
                                 if key not in ("classes", "image_size", "channels", "input")})
     for name in ("evaluation.json", "confusion_matrix.png"):
         shutil.copyfile(arguments.report / name, destination / name)
-    files.write_text(destination / "README.md", describe(arguments.run, arguments.report, arguments.config, arguments.name))
+    files.write_text(destination / "README.md", describe(arguments.run, arguments.report, arguments.config, arguments.name, arguments.hardware))
     print(f"shipped {arguments.run} as {destination} "
           f"({(destination / 'model.keras').stat().st_size / 1e6:.1f} MB)")
     print(json.dumps(files.read_json(destination / "evaluation.json")["metrics"], indent=2))

@@ -141,8 +141,34 @@ def mixed_precision_policy_name() -> str:
     """
     devices = keras.distribution.list_devices()
     if any("gpu" in str(device).lower() or "cuda" in str(device).lower() for device in devices):
-        return "mixed_float16"
+        # GPUs of compute capability 8.0 on (A100, H100, recent consumer cards) have bfloat16
+        # tensor cores: as fast as float16 and, with float32's range, no loss scaling needed.
+        capability = _gpu_compute_capability()
+        return "mixed_bfloat16" if capability is not None and capability >= (8, 0) else "mixed_float16"
     return "mixed_bfloat16"
+
+
+def _gpu_compute_capability() -> tuple[int, int] | None:
+    """The first GPU's CUDA compute capability, as the active backend reports it (None: unknown)."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            text = getattr(jax.devices()[0], "compute_capability", None)
+            return tuple(int(part) for part in str(text).split(".")[:2]) if text else None
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            return tuple(tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")) if gpus else None
+        if backend == "torch":
+            import torch
+
+            return tuple(torch.cuda.get_device_capability(0)) if torch.cuda.is_available() else None
+    except (RuntimeError, ValueError, TypeError, IndexError):
+        return None
+    return None
 
 
 @contextlib.contextmanager

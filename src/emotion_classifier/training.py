@@ -2,7 +2,8 @@
 
 A run folder ``models/<run_name>/`` holds:
 
-- ``best.keras`` and ``model_info.json``: the model of the epoch with the lowest validation loss;
+- ``best.keras`` and ``model_info.json``: the model of the best epoch on the validation split
+  (lowest loss, or highest accuracy with ``monitor = "val_accuracy"``);
 - ``config.json`` and ``config.toml``: the resolved configuration the run used;
 - ``metrics.csv``: one row per epoch (loss, accuracy, val_loss, val_accuracy);
 - ``history.png``: loss and accuracy curves of the training and validation splits;
@@ -19,7 +20,8 @@ run with the same configuration does nothing; ``force`` starts over. A run folde
 run of a different configuration is never overwritten silently.
 
 Training code uses Keras only (no TensorFlow calls) except in ``input_mode = "tf_data"``, so with
-``input_mode = "arrays"`` it runs on any Keras backend.
+``input_mode = "memory"`` (decoded once and kept in memory; see ``in_memory.py``) or
+``"arrays"`` (decoded with Pillow every epoch) it runs on any Keras backend.
 
 Several devices (``strategy``, see ``distribute.py``): the model is built and compiled inside
 the strategy's scope; every worker trains, only the chief writes the run folder (which must be
@@ -45,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from emotion_classifier import config as config_module
-from emotion_classifier import distribute, files, input_pipeline, model_io
+from emotion_classifier import distribute, files, in_memory, input_pipeline, model_io
 from emotion_classifier.cli import PipelineError
 from emotion_classifier.losses import WeightedCrossEntropy, class_balanced_weights
 from emotion_classifier.models import build_model
@@ -82,11 +84,16 @@ class SkippedImagesReport(keras.callbacks.Callback):
                   "(TensorFlow's warnings above name the error)")
 
 
-class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping on validation loss whose counters survive an interruption."""
+def monitor_mode(monitor: str) -> str:
+    """"min" for a loss, "max" for an accuracy."""
+    return "min" if monitor.endswith("loss") else "max"
 
-    def __init__(self, patience: int, resumed_state: dict | None = None):
-        super().__init__(monitor="val_loss", mode="min", patience=patience)
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping on a validation metric whose counters survive an interruption."""
+
+    def __init__(self, patience: int, resumed_state: dict | None = None, monitor: str = "val_loss"):
+        super().__init__(monitor=monitor, mode=monitor_mode(monitor), patience=patience)
         self.resumed_state = resumed_state or {}
 
     def on_train_begin(self, logs=None):
@@ -104,7 +111,7 @@ class RunCheckpoint(keras.callbacks.Callback):
     """
 
     def __init__(self, run_dir: Path, fingerprint: str, early_stopping: ResumableEarlyStopping,
-                 images_per_epoch: int, resumed_state: dict | None = None):
+                 images_per_epoch: int, resumed_state: dict | None = None, monitor: str = "val_loss"):
         super().__init__()
         self.run_dir = run_dir
         self.checkpoint_dir = run_dir / CHECKPOINT_DIR_NAME
@@ -112,7 +119,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.early_stopping = early_stopping
         self.images_per_epoch = images_per_epoch
         state = resumed_state or {}
-        self.best_val_loss = state.get("best_val_loss")
+        self.monitor = monitor
+        self.best_value = state.get("best_value")
         self.best_epoch = state.get("best_epoch")
         self.training_seconds = float(state.get("training_seconds", 0.0))
         self.images_seen = int(state.get("images_seen", 0))
@@ -125,11 +133,10 @@ class RunCheckpoint(keras.callbacks.Callback):
         logs = logs or {}
         self.training_seconds += time.perf_counter() - self._epoch_started
         self.images_seen += self.images_per_epoch
-        val_loss = logs.get("val_loss")
-        if val_loss is not None and np.isfinite(val_loss) and (
-            self.best_val_loss is None or val_loss < self.best_val_loss
-        ):
-            self.best_val_loss = float(val_loss)
+        value = logs.get(self.monitor)
+        better = (lambda new, old: new < old) if monitor_mode(self.monitor) == "min" else (lambda new, old: new > old)
+        if value is not None and np.isfinite(value) and (self.best_value is None or better(value, self.best_value)):
+            self.best_value = float(value)
             self.best_epoch = int(epoch)
             with files.atomic_path(self.run_dir / BEST_MODEL_NAME) as temporary:
                 self.model.save(temporary)
@@ -142,7 +149,8 @@ class RunCheckpoint(keras.callbacks.Callback):
             "fingerprint": self.fingerprint,
             "epochs_completed": int(epoch) + 1,
             "checkpoint": checkpoint_name,
-            "best_val_loss": self.best_val_loss,
+            "monitor": self.monitor,
+            "best_value": self.best_value,
             "best_epoch": self.best_epoch,
             "early_stopping_best": _plain_float(self.early_stopping.best),
             "early_stopping_wait": int(self.early_stopping.wait),
@@ -208,11 +216,11 @@ def train(config, section_name: str, force: bool = False) -> Path:
     training_data, validation_data, steps_per_epoch, skipped_count = _make_inputs(
         config, model_config, training_rows, validation_rows, strategy
     )
-    early_stopping = ResumableEarlyStopping(model_config.patience, state)
+    early_stopping = ResumableEarlyStopping(model_config.patience, state, model_config.monitor)
     checkpoint = RunCheckpoint(
         run_dir, fingerprint, early_stopping,
         images_per_epoch=min(len(training_rows), steps_per_epoch * model_config.batch_size),
-        resumed_state=state,
+        resumed_state=state, monitor=model_config.monitor,
     )
     # Every worker stops early on the same (all-reduced) validation loss; only the chief logs
     # and saves.
@@ -406,6 +414,23 @@ def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_r
         validation_data = distribute.shard_for_workers(validation_data, strategy)
         # TFRecord shards were decoded when they were written: nothing is skipped while training.
         return training_data, validation_data, steps, (counter.skipped if counter else (lambda: 0))
+    if model_config.input_mode == "memory":
+        arrays = {}
+        left_out = 0
+        for split_name, rows in (("train", training_rows), ("valid", validation_rows)):
+            images, labels, skipped = in_memory.split_arrays(
+                rows, split_name, config.paths.images_root, config.paths.processed,
+                model_config.image_size, model_config.channels, config.generator.face_margin,
+            )
+            arrays[split_name] = (images, labels)
+            left_out += skipped
+        augmentation = in_memory.FaceAugmentation(config.generator) if config.generator.augment else None
+        training_data = in_memory.ArrayBatches(
+            *arrays["train"], model_config.batch_size, training=True, seed=model_config.seed, max_batches=steps,
+            augmentation=augmentation, workers=config.generator.parallel_calls or os.cpu_count() or 1,
+        )
+        validation_data = in_memory.ArrayBatches(*arrays["valid"], model_config.batch_size, training=False)
+        return training_data, validation_data, steps, (lambda: left_out)
     workers = config.generator.parallel_calls or os.cpu_count() or 1
     training_data = input_pipeline.ImageBatches(
         training_rows, *shape, training=True, generator_config=config.generator,
@@ -453,7 +478,8 @@ def _finish_run(run_dir: Path, fingerprint: str, classes: list[str], counts: np.
     figure.suptitle(f"{model_config.run_name}: training history")
     files.save_figure(run_dir / "history.png", figure)
 
-    best_row = metrics.loc[metrics["val_loss"].idxmin()]
+    monitored = metrics[model_config.monitor]
+    best_row = metrics.loc[monitored.idxmin() if monitor_mode(model_config.monitor) == "min" else monitored.idxmax()]
     seconds = float(state["training_seconds"])
     files.write_json(run_dir / SUMMARY_NAME, {
         "run_name": model_config.run_name,
@@ -461,6 +487,7 @@ def _finish_run(run_dir: Path, fingerprint: str, classes: list[str], counts: np.
         "epochs_run": int(len(metrics)),
         "epochs_configured": model_config.epochs,
         "stopped_early": bool(state.get("stopped_early")),
+        "monitor": model_config.monitor,
         "best_epoch": int(best_row["epoch"]) + 1,
         "best_val_loss": float(best_row["val_loss"]),
         "best_val_accuracy": float(best_row.get("val_accuracy", float("nan"))),

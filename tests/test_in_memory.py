@@ -1,0 +1,188 @@
+"""input_mode = "memory": the decoded-array cache, host augmentation, batches, and training with it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from emotion_classifier import in_memory, input_pipeline, model_io, training
+from emotion_classifier.config import GeneratorConfig
+from test_input_pipeline import write_split_fixture
+from test_training import tiny_config
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def split_rows(config, split: str) -> pd.DataFrame:
+    frame, _ = input_pipeline.read_split(config)
+    return input_pipeline.split_rows(frame, split)
+
+
+def test_split_arrays_decode_once_match_pillow_and_are_reused(tmp_path, monkeypatch):
+    config = write_split_fixture(tmp_path, per_class=6)
+    rows = split_rows(config, "train")
+    arguments = (rows, "train", config.paths.images_root, config.paths.processed, 32, 1, 0.0)
+    images, labels, left_out = in_memory.split_arrays(*arguments)
+    assert images.dtype == np.uint8 and images.shape == (len(rows), 32, 32, 1) and left_out == 0
+    np.testing.assert_array_equal(labels, rows["class_index"].to_numpy())
+    expected, _ = input_pipeline.load_arrays(rows, config.paths.images_root, 32, 1)
+    np.testing.assert_array_equal(images, np.round(expected).astype("uint8"))
+    cached = sorted(path.name for path in (Path(config.paths.processed) / "arrays").iterdir())
+    assert len(cached) == 3 and any(name.endswith(".json") for name in cached)
+
+    # Unchanged rows and settings: read back, never decoded again.
+    monkeypatch.setattr(input_pipeline, "load_arrays", lambda *args, **kwargs: pytest.fail("decoded again"))
+    again, again_labels, _ = in_memory.split_arrays(*arguments)
+    np.testing.assert_array_equal(again, images)
+    np.testing.assert_array_equal(again_labels, labels)
+
+
+def test_a_changed_split_or_size_decodes_afresh_and_replaces_the_old_cache(tmp_path):
+    config = write_split_fixture(tmp_path, per_class=6)
+    rows = split_rows(config, "train")
+    in_memory.split_arrays(rows, "train", config.paths.images_root, config.paths.processed, 32, 1, 0.0)
+    smaller = rows.iloc[:-1]
+    images, _, _ = in_memory.split_arrays(smaller, "train", config.paths.images_root, config.paths.processed,
+                                          32, 1, 0.0)
+    assert len(images) == len(smaller)
+    images, _, _ = in_memory.split_arrays(smaller, "train", config.paths.images_root, config.paths.processed,
+                                          40, 3, 0.0)
+    assert images.shape[1:] == (40, 40, 3)
+    # Only the newest cache of the split is kept.
+    assert len(list((Path(config.paths.processed) / "arrays").glob("train_*.json"))) == 1
+
+
+def test_an_unreadable_file_is_left_out_and_counted(tmp_path):
+    config = write_split_fixture(tmp_path, per_class=6)
+    rows = split_rows(config, "train")
+    broken = Path(config.paths.images_root) / rows["filename"].iloc[0]
+    broken.write_bytes(b"not a jpeg")
+    images, labels, left_out = in_memory.split_arrays(rows, "train", config.paths.images_root,
+                                                      config.paths.processed, 32, 1, 0.0)
+    assert left_out == 1 and len(images) == len(labels) == len(rows) - 1
+
+
+def test_array_batches_cover_every_image_once_per_epoch_and_reshuffle():
+    images = np.arange(10, dtype="uint8").reshape(10, 1, 1, 1) * np.ones((1, 4, 4, 1), dtype="uint8")
+    labels = np.arange(10, dtype="int32")
+    batches = in_memory.ArrayBatches(images, labels, batch_size=4, training=True, seed=3)
+    assert len(batches) == 3
+
+    def one_epoch():
+        seen = []
+        for index in range(len(batches)):
+            batch_images, batch_labels = batches[index]
+            assert batch_images.dtype == np.float32
+            # Images and labels stay paired.
+            np.testing.assert_array_equal(batch_images[:, 0, 0, 0], batch_labels)
+            seen.append(batch_labels)
+        batches.on_epoch_end()
+        return np.concatenate(seen)
+
+    first, second = one_epoch(), one_epoch()
+    assert sorted(first) == sorted(second) == list(range(10))
+    assert not np.array_equal(first, second)
+    validation = in_memory.ArrayBatches(images, labels, batch_size=4, training=False)
+    assert np.concatenate([validation[index][1] for index in range(3)]).tolist() == list(range(10))
+    capped = in_memory.ArrayBatches(images, labels, batch_size=4, training=True, max_batches=2)
+    assert len(capped) == 2
+    with pytest.raises(ValueError, match="as many labels"):
+        in_memory.ArrayBatches(images, labels[:3], batch_size=4, training=True)
+
+
+def test_augmented_batches_do_not_depend_on_the_order_they_are_made_in():
+    images = np.random.default_rng(0).integers(0, 256, size=(16, 12, 12, 1), dtype=np.uint8)
+    labels = np.zeros(16, dtype="int32")
+    augmentation = in_memory.FaceAugmentation(GeneratorConfig(rotation_degrees=10, zoom=0.1, random_erasing=0.5))
+    forwards = in_memory.ArrayBatches(images, labels, 4, training=True, seed=1, augmentation=augmentation)
+    backwards = in_memory.ArrayBatches(images, labels, 4, training=True, seed=1, augmentation=augmentation)
+    made_forwards = [forwards[index][0] for index in range(4)]
+    made_backwards = [backwards[index][0] for index in reversed(range(4))][::-1]
+    for one, other in zip(made_forwards, made_backwards):
+        np.testing.assert_array_equal(one, other)
+
+
+def test_face_augmentation_keeps_shape_and_range_and_each_setting_acts():
+    random = np.random.default_rng(0)
+    face = np.zeros((1, 16, 16, 1), dtype="uint8")
+    face[0, :, :8] = 200  # left half bright
+    off = GeneratorConfig(flip=False, rotation_degrees=0, zoom=0, translation=0, contrast=0, random_erasing=0)
+    np.testing.assert_array_equal(in_memory.FaceAugmentation(off)(face, random), face.astype("float32"))
+
+    flip_only = GeneratorConfig(flip=True, rotation_degrees=0, zoom=0, translation=0, contrast=0, random_erasing=0)
+    outcomes = {int(in_memory.FaceAugmentation(flip_only)(face, random)[0, 0, 0, 0]) for _ in range(30)}
+    assert outcomes == {0, 200}  # mirrored about half of the time, never anything else
+
+    erase_always = GeneratorConfig(flip=False, rotation_degrees=0, zoom=0, translation=0, contrast=0,
+                                   random_erasing=1.0)
+    erased = in_memory.FaceAugmentation(erase_always)(np.full((1, 16, 16, 3), 100, dtype="uint8"), random)
+    assert (erased != 100).any() and (erased == 100).mean() > 0.5
+
+    everything = GeneratorConfig(rotation_degrees=15, zoom=0.2, translation=0.1, contrast=0.5, random_erasing=0.5)
+    batch = random.integers(0, 256, size=(32, 24, 24, 3), dtype=np.uint8)
+    augmented = in_memory.FaceAugmentation(everything)(batch, random)
+    assert augmented.shape == batch.shape and augmented.dtype == np.float32
+    assert augmented.min() >= 0.0 and augmented.max() <= 255.0
+    assert not np.allclose(augmented, batch)
+
+
+def test_memory_input_mode_trains_and_monitor_val_accuracy_picks_the_best_epoch(tmp_path):
+    config = tiny_config(tmp_path, input_mode="memory", epochs=3)
+    config.model_4.monitor = "val_accuracy"
+    config.generator.rotation_degrees = 10.0
+    config.generator.random_erasing = 0.5
+    run_dir = training.train(config, "model_4")
+    summary = json.loads((run_dir / "training_summary.json").read_text())
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert summary["input_mode"] == "memory" and summary["monitor"] == "val_accuracy"
+    assert summary["best_epoch"] == int(metrics["val_accuracy"].idxmax()) + 1
+    state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+    assert state["monitor"] == "val_accuracy" and state["best_value"] == pytest.approx(metrics["val_accuracy"].max())
+    model, info = model_io.load_trained_model(run_dir / "best.keras")
+    assert model.input_shape == (None, 32, 32, 1) and info["classes"] == ["happy", "sad", "angry"]
+    assert list((Path(config.paths.processed) / "arrays").glob("train_32px_1ch_*_images.npy"))
+
+
+JAX_CHILD = textwrap.dedent("""
+    import sys
+    import keras
+    assert keras.backend.backend() == "jax"
+    sys.path.insert(0, sys.argv[2])
+    from test_training import tiny_config
+    from emotion_classifier import training
+    import pathlib
+    config = tiny_config(pathlib.Path(sys.argv[1]) / "run", input_mode="memory", epochs=2)
+    run_dir = training.train(config, "model_4")
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        print("RUN", run_dir)
+""")
+
+
+def test_memory_training_runs_on_the_jax_backend_without_tensorflow(tmp_path):
+    pytest.importorskip("jax")
+    # As on a GPU machine without TensorFlow: a package of that name that refuses to import.
+    blocked = tmp_path / "blocked" / "tensorflow"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text('raise ImportError("TensorFlow is not installed here")\n')
+    environment = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+                   "PYTHONPATH": os.pathsep.join([str(blocked.parent), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", JAX_CHILD, str(tmp_path), str(PROJECT_ROOT / "tests")],
+                            capture_output=True, text=True, env=environment, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = Path(result.stdout.split("RUN", 1)[1].strip())
+    summary = json.loads((run_dir / "training_summary.json").read_text())
+    assert summary["keras_backend"] == "jax" and summary["epochs_run"] == 2
+    # The model a JAX run saves loads and predicts with this process's TensorFlow backend.
+    model, _ = model_io.load_trained_model(run_dir / "best.keras")
+    probabilities = model.predict(np.full((2, 32, 32, 1), 100.0, dtype="float32"), verbose=0)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
