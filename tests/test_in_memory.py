@@ -186,3 +186,49 @@ def test_memory_training_runs_on_the_jax_backend_without_tensorflow(tmp_path):
     model, _ = model_io.load_trained_model(run_dir / "best.keras")
     probabilities = model.predict(np.full((2, 32, 32, 1), 100.0, dtype="float32"), verbose=0)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_mixup_blends_images_and_labels_alike_and_only_in_training():
+    # One class per image, each image a distinct constant: a blended pixel must equal the same
+    # blend of the class values as its label.
+    values = np.array([0, 50, 100, 150, 200, 250], dtype="float32")
+    images = np.stack([np.full((4, 4, 1), value, dtype="uint8") for value in values])
+    labels = np.arange(6, dtype="int32")
+    batches = in_memory.ArrayBatches(images, labels, batch_size=6, training=True, seed=2,
+                                     num_classes=6, mixup=0.4)
+    mixed_images, targets = batches[0]
+    assert targets.shape == (6, 6) and targets.dtype == np.float32
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(mixed_images[:, 0, 0, 0], targets @ values, rtol=1e-4, atol=1e-3)
+    assert (mixed_images.min(axis=(1, 2, 3)) == mixed_images.max(axis=(1, 2, 3))).all()
+    assert (targets.max(axis=1) < 0.999).any()  # something was mixed
+    validation = in_memory.ArrayBatches(images, labels, batch_size=6, training=False, num_classes=6, mixup=0.4)
+    np.testing.assert_array_equal(validation[0][1], np.eye(6, dtype="float32"))
+    with pytest.raises(ValueError, match="num_classes"):
+        in_memory.ArrayBatches(images, labels, batch_size=4, training=True, mixup=0.4)
+
+
+def test_weighted_cross_entropy_takes_class_probabilities_as_well_as_indices():
+    from emotion_classifier.losses import WeightedCrossEntropy
+
+    loss = WeightedCrossEntropy([1.0, 2.0, 0.5], label_smoothing=0.1)
+    predictions = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]], dtype="float32")
+    sparse = float(loss(np.array([0, 2]), predictions))
+    one_hot = float(loss(np.eye(3, dtype="float32")[[0, 2]], predictions))
+    assert one_hot == pytest.approx(sparse, rel=1e-6)
+    # A half-and-half label: its weight is the mean of the two class weights (1.5).
+    plain = WeightedCrossEntropy([1.0, 2.0, 0.5])
+    assert float(plain(np.array([[0.5, 0.5, 0.0]], dtype="float32"), predictions[:1])) == pytest.approx(
+        1.5 * -(0.5 * np.log(0.7) + 0.5 * np.log(0.2)), rel=1e-5)
+
+
+def test_training_with_mixup_in_memory_mode_and_its_refusal_elsewhere(tmp_path):
+    config = tiny_config(tmp_path, input_mode="memory", epochs=2)
+    config.generator.mixup = 0.2
+    run_dir = training.train(config, "model_4")
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert len(metrics) == 2 and metrics["accuracy"].between(0, 1).all() and metrics["val_accuracy"].between(0, 1).all()
+    config.model_4.input_mode = "arrays"
+    config.model_4.run_name = "other"
+    with pytest.raises(training.PipelineError, match="mixup"):
+        training.train(config, "model_4")

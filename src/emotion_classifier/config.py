@@ -164,6 +164,10 @@ class GeneratorConfig:
     translation: float = 0.1
     contrast: float = 0.1
     random_erasing: float = 0.0
+    # Mixup (Zhang et al. 2018): every training image blended with another image of its batch,
+    # and their labels alike, with a weight drawn from Beta(mixup, mixup), e.g. 0.2; 0 turns it
+    # off. Needs input_mode = "memory" (labels become class probabilities).
+    mixup: float = 0.0
     # Images of the augmented batch that the script saves as a PNG.
     preview_images: int = 16
     seed: int = 0
@@ -540,6 +544,8 @@ def validate(config: Config) -> None:
         value = getattr(getattr(config, section), key)
         if value not in choices:
             raise ConfigError(f"{section}.{key}: {value!r} is not one of {', '.join(sorted(choices))}")
+    if config.generator.mixup < 0:
+        raise ConfigError(f"generator.mixup: must not be negative, got {config.generator.mixup}")
     split = config.split
     if not 0.0 <= split.test_fraction < 1.0:
         raise ConfigError(f"split.test_fraction: must be in [0, 1), got {split.test_fraction}")

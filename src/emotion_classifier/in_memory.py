@@ -151,11 +151,14 @@ class ArrayBatches(keras.utils.PyDataset):
     batches ahead of the accelerator (OpenCV releases the GIL). Each batch draws its random
     numbers from (seed, epoch, batch), so results do not depend on which thread makes it.
     ``max_batches`` (> 0) caps the batches per epoch (each epoch then draws a fresh subset).
+    ``num_classes`` turns the labels into one-hot rows; ``mixup`` (> 0, training only, needs
+    ``num_classes``) then blends each image and its label with another of the batch, with a
+    weight drawn per image from Beta(mixup, mixup).
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, training: bool,
                  seed: int = 0, max_batches: int = 0, augmentation: FaceAugmentation | None = None,
-                 workers: int = 1):
+                 workers: int = 1, num_classes: int | None = None, mixup: float = 0.0):
         super().__init__(workers=workers, use_multiprocessing=False)
         if len(images) == 0 or len(images) != len(labels):
             raise ValueError(f"ArrayBatches needs as many labels as images (at least one), got "
@@ -166,6 +169,10 @@ class ArrayBatches(keras.utils.PyDataset):
         self.training = training
         self.max_batches = int(max_batches)
         self.augmentation = augmentation if training else None
+        if mixup > 0 and not num_classes:
+            raise ValueError("mixup needs num_classes (its labels are class probabilities)")
+        self.num_classes = num_classes
+        self.mixup = float(mixup) if training else 0.0
         self.seed = int(seed)
         self.epoch = 0
         self._order = self._new_order()
@@ -189,10 +196,17 @@ class ArrayBatches(keras.utils.PyDataset):
             # Sorted indices read memory in order; the batch's contents are the same.
             indices = np.sort(indices)
         images, labels = self.images[indices], self.labels[indices]
-        if self.augmentation is None:
-            return images.astype("float32"), labels
         random = np.random.default_rng([self.seed, self.epoch, batch_index])
-        return self.augmentation(images, random), labels
+        images = images.astype("float32") if self.augmentation is None else self.augmentation(images, random)
+        if not self.num_classes:
+            return images, labels
+        targets = np.eye(self.num_classes, dtype="float32")[labels]
+        if self.mixup > 0:
+            weight = random.beta(self.mixup, self.mixup, size=len(images)).astype("float32")
+            partner = random.permutation(len(images))
+            images = weight[:, None, None, None] * images + (1 - weight[:, None, None, None]) * images[partner]
+            targets = weight[:, None] * targets + (1 - weight[:, None]) * targets[partner]
+        return images, targets
 
     def on_epoch_end(self) -> None:
         self.epoch += 1

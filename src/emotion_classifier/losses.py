@@ -44,7 +44,8 @@ def class_balanced_weights(counts: Sequence[int] | np.ndarray, beta: float) -> n
 class WeightedCrossEntropy(keras.losses.Loss):
     """Sparse categorical cross-entropy with a weight per true class and optional label smoothing.
 
-    ``y_true`` holds integer class indices, ``y_pred`` probabilities (the models end in softmax)
+    ``y_true`` holds integer class indices (or, with mixup, one row of class probabilities per
+    image, weighted by the same mixture of class weights), ``y_pred`` probabilities (the models end in softmax)
     or logits when ``from_logits`` is true. Each image's loss is
     ``-weight[y] * sum_k target_k * log(p_k)`` where ``target`` is the one-hot label smoothed
     towards the uniform distribution by ``label_smoothing``. The default reduction averages
@@ -65,8 +66,15 @@ class WeightedCrossEntropy(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         num_classes = len(self.class_weights)
-        labels = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")
-        targets = keras.ops.one_hot(labels, num_classes, dtype=y_pred.dtype)
+        class_weights = keras.ops.convert_to_tensor(self.class_weights, dtype=y_pred.dtype)
+        if len(y_true.shape) == 2 and y_true.shape[-1] == num_classes and num_classes > 1:
+            # Class probabilities (mixup): the weight is the label's mixture of class weights.
+            targets = keras.ops.cast(y_true, y_pred.dtype)
+            weights = keras.ops.sum(targets * class_weights, axis=-1)
+        else:
+            labels = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")
+            targets = keras.ops.one_hot(labels, num_classes, dtype=y_pred.dtype)
+            weights = keras.ops.take(class_weights, labels)
         if self.label_smoothing:
             targets = targets * (1.0 - self.label_smoothing) + self.label_smoothing / num_classes
         if self.from_logits:
@@ -76,7 +84,6 @@ class WeightedCrossEntropy(keras.losses.Loss):
             epsilon = keras.config.epsilon()
             log_probabilities = keras.ops.log(keras.ops.clip(y_pred, epsilon, 1.0 - epsilon))
         per_image = -keras.ops.sum(targets * log_probabilities, axis=-1)
-        weights = keras.ops.take(keras.ops.convert_to_tensor(self.class_weights, dtype=y_pred.dtype), labels)
         return per_image * weights
 
     def get_config(self) -> dict:

@@ -179,6 +179,9 @@ def train(config, section_name: str, force: bool = False) -> Path:
             f"{config.paths.split_manifest}: no training images for class(es) {', '.join(missing)}; "
             "drop them in the split stage (split.drop_classes) or add images"
         )
+    if config.generator.mixup > 0 and model_config.input_mode != "memory":
+        raise PipelineError(f"generator.mixup needs {section_name}.input_mode = \"memory\" "
+                            f"(it is {model_config.input_mode!r})")
     class_weights = class_balanced_weights(counts, model_config.class_balanced_beta)
     fingerprint = _run_fingerprint(config, section_name)
     strategy = distribute.make_strategy(model_config.strategy)
@@ -425,11 +428,15 @@ def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_r
             arrays[split_name] = (images, labels)
             left_out += skipped
         augmentation = in_memory.FaceAugmentation(config.generator) if config.generator.augment else None
+        # With mixup, labels are class probabilities in training and (for one accuracy metric) validation.
+        num_classes = num_classes_for_mixup(config, training_rows)
         training_data = in_memory.ArrayBatches(
             *arrays["train"], model_config.batch_size, training=True, seed=model_config.seed, max_batches=steps,
             augmentation=augmentation, workers=config.generator.parallel_calls or os.cpu_count() or 1,
+            num_classes=num_classes, mixup=config.generator.mixup,
         )
-        validation_data = in_memory.ArrayBatches(*arrays["valid"], model_config.batch_size, training=False)
+        validation_data = in_memory.ArrayBatches(*arrays["valid"], model_config.batch_size, training=False,
+                                                 num_classes=num_classes)
         return training_data, validation_data, steps, (lambda: left_out)
     workers = config.generator.parallel_calls or os.cpu_count() or 1
     training_data = input_pipeline.ImageBatches(
@@ -441,6 +448,15 @@ def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_r
     )
     return training_data, validation_data, steps, (
         lambda: len(training_data.unreadable_files) + len(validation_data.unreadable_files))
+
+
+def num_classes_for_mixup(config, training_rows: pd.DataFrame) -> int | None:
+    """The class count when mixup is on (labels become one-hot rows), else None."""
+    if config.generator.mixup <= 0 or not config.generator.augment:
+        return None
+    classes = files.read_json(Path(config.paths.processed) / input_pipeline.CLASSES_FILE_NAME)
+    classes = classes["classes"] if isinstance(classes, dict) else classes
+    return len(classes)
 
 
 def _truncate_metrics(metrics_path: Path, epochs_completed: int) -> None:
