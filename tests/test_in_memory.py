@@ -232,3 +232,15 @@ def test_training_with_mixup_in_memory_mode_and_its_refusal_elsewhere(tmp_path):
     config.model_4.run_name = "other"
     with pytest.raises(training.PipelineError, match="mixup"):
         training.train(config, "model_4")
+
+
+def test_the_generator_stage_previews_what_memory_mode_trains_on(tmp_path, capsys):
+    config = tiny_config(tmp_path, input_mode="memory")
+    config.generator.mixup = 0.3
+    assert input_pipeline.run(config) == 0
+    figure = Path(config.paths.reports) / "figures" / "augmented_batch.png"
+    assert figure.stat().st_size > 1000
+    summary = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert 0.0 <= summary["value_range"][0] <= summary["value_range"][1] <= 255.0
+    # The decoded arrays were cached on the way, for training to reuse.
+    assert list((Path(config.paths.processed) / "arrays").glob("train_32px_1ch_*_images.npy"))

@@ -204,7 +204,8 @@ class ArrayBatches(keras.utils.PyDataset):
         if self.mixup > 0:
             weight = random.beta(self.mixup, self.mixup, size=len(images)).astype("float32")
             partner = random.permutation(len(images))
-            images = weight[:, None, None, None] * images + (1 - weight[:, None, None, None]) * images[partner]
+            images = np.clip(weight[:, None, None, None] * images + (1 - weight[:, None, None, None]) * images[partner],
+                             0.0, 255.0)
             targets = weight[:, None] * targets + (1 - weight[:, None]) * targets[partner]
         return images, targets
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
+import itertools
 import logging
 import math
 import os
@@ -545,7 +546,8 @@ def run(config, force: bool = False) -> int:
     stamp = files.StageStamp(
         Path(config.paths.reports) / "figures" / ".augmented_batch.stamp.json",
         {"generator": dataclasses.asdict(generator_config), "image_size": model_config.image_size,
-         "channels": model_config.channels, "batch_size": model_config.batch_size},
+         "channels": model_config.channels, "batch_size": model_config.batch_size,
+         "input_mode": model_config.input_mode},
         [config.paths.split_manifest, Path(config.paths.processed) / CLASSES_FILE_NAME],
     )
     if stamp.is_current() and not force:
@@ -554,18 +556,33 @@ def run(config, force: bool = False) -> int:
 
     frame, classes = read_split(config)
     training_rows = split_rows(frame, "train", config.paths.split_manifest)
-    dataset = make_dataset(
-        training_rows, config.paths.images_root, model_config.image_size, model_config.channels,
-        model_config.batch_size, training=True, generator_config=generator_config,
-        seed=generator_config.seed,
-    )
+    if model_config.input_mode == "memory":
+        # What input_mode = "memory" trains on: decoded-once arrays, augmented on the host.
+        from emotion_classifier import in_memory, training
+
+        arrays = in_memory.split_arrays(training_rows, "train", config.paths.images_root, config.paths.processed,
+                                        model_config.image_size, model_config.channels, generator_config.face_margin)
+        batches = in_memory.ArrayBatches(
+            arrays[0], arrays[1], model_config.batch_size, training=True, seed=generator_config.seed,
+            augmentation=in_memory.FaceAugmentation(generator_config) if generator_config.augment else None,
+            num_classes=training.num_classes_for_mixup(config, training_rows), mixup=generator_config.mixup,
+        )
+        iterator = (batches[index % len(batches)] for index in itertools.count())
+    else:
+        dataset = make_dataset(
+            training_rows, config.paths.images_root, model_config.image_size, model_config.channels,
+            model_config.batch_size, training=True, generator_config=generator_config,
+            seed=generator_config.seed,
+        )
+        iterator = (tuple(part.numpy() for part in batch) for batch in dataset.repeat())
 
     # Throughput: the first batch pays for start-up (thread pools, graph tracing), so the clock
     # starts after it.
     batches_to_time = 20
-    iterator = iter(dataset.repeat())
     images, labels = next(iterator)
-    images, labels = images.numpy(), labels.numpy()
+    if labels.ndim == 2:
+        # Mixup's class probabilities: each image is titled with its largest share.
+        labels = labels.argmax(axis=1)
     started = time.perf_counter()
     timed_images = 0
     for _ in range(batches_to_time):
