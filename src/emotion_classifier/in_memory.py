@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from pathlib import Path
 
 import keras
@@ -144,12 +143,12 @@ class FaceAugmentation:
         return output
 
 
-class ArrayBatches(keras.utils.PyDataset):
+class ArrayBatches(input_pipeline.ShuffledBatches):
     """float32 batches sliced from uint8 images in memory; training batches reshuffled each epoch.
 
     ``augmentation`` (training only) changes each image on the host; ``workers`` threads prepare
-    batches ahead of the accelerator (OpenCV releases the GIL). Each batch draws its random
-    numbers from (seed, epoch, batch), so results do not depend on which thread makes it.
+    batches ahead of the accelerator. Each batch draws its random numbers from (seed, epoch,
+    batch), so results do not depend on which thread makes it.
     ``max_batches`` (> 0) caps the batches per epoch (each epoch then draws a fresh subset).
     ``num_classes`` turns the labels into one-hot rows; ``mixup`` (> 0, training only, needs
     ``num_classes``) then blends each image and its label with another of the batch, with a
@@ -159,44 +158,25 @@ class ArrayBatches(keras.utils.PyDataset):
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, training: bool,
                  seed: int = 0, max_batches: int = 0, augmentation: FaceAugmentation | None = None,
                  workers: int = 1, num_classes: int | None = None, mixup: float = 0.0):
-        super().__init__(workers=workers, use_multiprocessing=False)
         if len(images) == 0 or len(images) != len(labels):
             raise ValueError(f"ArrayBatches needs as many labels as images (at least one), got "
                              f"{len(images)} and {len(labels)}")
-        self.images = images
-        self.labels = labels.astype("int32", copy=False)
-        self.batch_size = int(batch_size)
-        self.training = training
-        self.max_batches = int(max_batches)
-        self.augmentation = augmentation if training else None
         if mixup > 0 and not num_classes:
             raise ValueError("mixup needs num_classes (its labels are class probabilities)")
+        super().__init__(len(images), batch_size, training, seed, max_batches, workers)
+        self.images = images
+        self.labels = labels.astype("int32", copy=False)
+        self.augmentation = augmentation if training else None
         self.num_classes = num_classes
         self.mixup = float(mixup) if training else 0.0
-        self.seed = int(seed)
-        self.epoch = 0
-        self._order = self._new_order()
-
-    def _new_order(self) -> np.ndarray:
-        if self.training:
-            return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.images))
-        return np.arange(len(self.images))
-
-    @property
-    def num_batches(self) -> int:
-        full = math.ceil(len(self.images) / self.batch_size)
-        return min(full, self.max_batches) if self.max_batches > 0 else full
-
-    def __len__(self) -> int:
-        return self.num_batches
 
     def __getitem__(self, batch_index: int):
-        indices = self._order[batch_index * self.batch_size:(batch_index + 1) * self.batch_size]
+        indices = self.batch_rows(batch_index)
         if self.training:
             # Sorted indices read memory in order; the batch's contents are the same.
             indices = np.sort(indices)
         images, labels = self.images[indices], self.labels[indices]
-        random = np.random.default_rng([self.seed, self.epoch, batch_index])
+        random = self.batch_random(batch_index)
         images = images.astype("float32") if self.augmentation is None else self.augmentation(images, random)
         if not self.num_classes:
             return images, labels
@@ -208,7 +188,3 @@ class ArrayBatches(keras.utils.PyDataset):
                              0.0, 255.0)
             targets = weight[:, None] * targets + (1 - weight[:, None]) * targets[partner]
         return images, targets
-
-    def on_epoch_end(self) -> None:
-        self.epoch += 1
-        self._order = self._new_order()

@@ -464,7 +464,51 @@ def load_arrays(frame: pd.DataFrame, images_root: str | Path, image_size: int, c
     return images[readable], labels[readable]
 
 
-class ImageBatches(keras.utils.PyDataset):
+class ShuffledBatches(keras.utils.PyDataset):
+    """Batches of indices into ``size`` rows: reshuffled every epoch when training, in order otherwise.
+
+    The order of epoch ``e`` is drawn from (seed, e), so a batch's rows never depend on which
+    worker thread asks for it first. ``max_batches`` (> 0) caps the batches per epoch; each
+    epoch then draws a fresh random subset. Subclasses turn ``batch_rows(index)`` into tensors.
+    """
+
+    def __init__(self, size: int, batch_size: int, training: bool, seed: int = 0, max_batches: int = 0,
+                 workers: int = 1):
+        super().__init__(workers=workers, use_multiprocessing=False)
+        self.size = int(size)
+        self.batch_size = int(batch_size)
+        self.training = training
+        self.seed = int(seed)
+        self.max_batches = int(max_batches)
+        self.epoch = 0
+        self._order = self._new_order()
+
+    def _new_order(self) -> np.ndarray:
+        if self.training:
+            return np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+        return np.arange(self.size)
+
+    @property
+    def num_batches(self) -> int:
+        full = math.ceil(self.size / self.batch_size)
+        return min(full, self.max_batches) if self.max_batches > 0 else full
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def batch_rows(self, batch_index: int) -> np.ndarray:
+        return self._order[batch_index * self.batch_size:(batch_index + 1) * self.batch_size]
+
+    def batch_random(self, batch_index: int) -> np.random.Generator:
+        """Random numbers of one batch of the current epoch (augmentation, mixup)."""
+        return np.random.default_rng([self.seed, self.epoch, batch_index])
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        self._order = self._new_order()
+
+
+class ImageBatches(ShuffledBatches):
     """Batches decoded with Pillow, for training on any Keras backend (``input_mode = "arrays"``).
 
     Training batches are reshuffled every epoch and augmented with the same Keras layers as the
@@ -476,38 +520,20 @@ class ImageBatches(keras.utils.PyDataset):
     def __init__(self, frame: pd.DataFrame, images_root: str | Path, image_size: int, channels: int,
                  batch_size: int, training: bool, generator_config, seed: int = 0,
                  max_batches: int = 0, workers: int = 1):
-        super().__init__(workers=workers, use_multiprocessing=False)
         if len(frame) == 0:
             raise ValueError("ImageBatches needs at least one row")
+        super().__init__(len(frame), batch_size, training, seed, max_batches, workers)
         self.paths = _image_paths(frame, images_root)
         self.boxes = _face_boxes(frame)
         self.labels = frame["class_index"].to_numpy(dtype="int32")
         self.image_size = image_size
         self.channels = channels
-        self.batch_size = batch_size
-        self.training = training
         self.margin = float(generator_config.face_margin)
-        self.max_batches = max_batches
         self.unreadable_files: list[str] = []
-        self._random = np.random.default_rng(seed)
         self._augmentation = build_augmentation(generator_config, seed) if training else None
-        self._order = self._new_order()
-
-    def _new_order(self) -> np.ndarray:
-        if self.training:
-            return self._random.permutation(len(self.paths))
-        return np.arange(len(self.paths))
-
-    @property
-    def num_batches(self) -> int:
-        full = math.ceil(len(self.paths) / self.batch_size)
-        return min(full, self.max_batches) if self.max_batches > 0 else full
-
-    def __len__(self) -> int:
-        return self.num_batches
 
     def __getitem__(self, batch_index: int):
-        indices = self._order[batch_index * self.batch_size:(batch_index + 1) * self.batch_size]
+        indices = self.batch_rows(batch_index)
         images, labels = [], []
         for index in indices:
             box = self.boxes[index] if self.boxes[index, 2] > 0 else None
@@ -525,9 +551,6 @@ class ImageBatches(keras.utils.PyDataset):
             augmented = self._augmentation(batch, training=True)
             batch = np.clip(keras.ops.convert_to_numpy(augmented), 0.0, 255.0).astype("float32")
         return batch, np.asarray(labels, dtype="int32")
-
-    def on_epoch_end(self) -> None:
-        self._order = self._new_order()
 
 
 # --- The custom_generator.py stage -----------------------------------------------------------
