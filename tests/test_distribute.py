@@ -103,11 +103,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-# Slow (two TensorFlow processes) and, for now, an expected failure: kept out of the default run.
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "Keras 3's model.fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585): "
-    "strategy.reduce of the first PerReplica batch, then the per-replica output reduction"))
+# Keras 3's fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585); training works
+# around it (training._work_around_multi_worker_fit), and this test fails if a Keras release
+# changes what the work-around relies on.
+@pytest.mark.skipif(not FULL_FER_AVAILABLE, reason="needs ../shared/datasets/fer2013: too few sample images for the loss to fall reliably")
 def test_multi_worker_strategy_trains_with_two_local_workers(tmp_path):
     config_path = distributed_config(tmp_path, "auto")
     script = tmp_path / "child.py"

@@ -109,6 +109,15 @@ def make_strategy(requested: str):
     return strategy
 
 
+def is_multi_worker(strategy) -> bool:
+    """True for a MultiWorkerMirroredStrategy (a cluster of worker processes)."""
+    if strategy is None:
+        return False
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
 def is_chief(strategy) -> bool:
     """True for the task that writes the run folder (always true without a multi-worker cluster)."""
     resolver = getattr(strategy, "cluster_resolver", None) if strategy is not None else None

@@ -234,6 +234,8 @@ def train(config, section_name: str, force: bool = False) -> Path:
         early_stopping,
         checkpoint,
     ] if chief else [early_stopping]
+    if distribute.is_multi_worker(strategy):
+        _work_around_multi_worker_fit(model, strategy, model_config)
     if initial_epoch < model_config.epochs and not (state and state.get("stopped_early")):
         model.fit(
             training_data,
@@ -247,6 +249,34 @@ def train(config, section_name: str, force: bool = False) -> Path:
     if chief:
         _finish_run(run_dir, fingerprint, classes, counts, class_weights, model_config)
     return run_dir
+
+
+def _work_around_multi_worker_fit(model: keras.Model, strategy, model_config) -> None:
+    """Let Keras 3's fit run under MultiWorkerMirroredStrategy (keras-team/keras#20585).
+
+    Two steps of fit fail there. First, under any strategy fit builds the model's metrics,
+    loss and optimizer from one input batch averaged over the replicas, which it cannot do with
+    a multi-worker distributed batch: they are built here from a batch of zeros of the same
+    shapes, and fit's step is skipped for this model. Second, fit averages each step's logged
+    values over the workers along axis 0, which fails for scalars: the steps return them as
+    one-element vectors, which average to the same scalars. The methods replaced are private
+    in Keras 3.15; tests/test_distribute.py trains with two workers and would catch a change.
+    """
+    shape = (model_config.batch_size, model_config.image_size, model_config.image_size, model_config.channels)
+    with distribute.strategy_scope(strategy):
+        model._symbolic_build(data_batch=(np.zeros(shape, "float32"), np.zeros(shape[:1], "int32")))
+    # Instance attributes, set past Keras' attribute tracking: only this model is affected.
+    object.__setattr__(model, "_maybe_symbolic_build", lambda iterator=None, data_batch=None: None)
+
+    def as_vectors(step):
+        def vector_step(data):
+            logs = step(data)
+            return {name: keras.ops.reshape(value, (1,)) if len(keras.ops.shape(value)) == 0 else value
+                    for name, value in logs.items()}
+        return vector_step
+
+    object.__setattr__(model, "train_step", as_vectors(model.train_step))
+    object.__setattr__(model, "test_step", as_vectors(model.test_step))
 
 
 def _steps_per_epoch(training_images: int, model_config) -> int:
