@@ -75,16 +75,6 @@ class DigestCache:
             self._changed = False
 
 
-def _same_file_content(first: Path, second: Path, cache: DigestCache) -> bool:
-    """True when both files hold the same bytes (same inode, or same size and md5)."""
-    first_status, second_status = first.stat(), second.stat()
-    if (first_status.st_dev, first_status.st_ino) == (second_status.st_dev, second_status.st_ino):
-        return True
-    if first_status.st_size != second_status.st_size:
-        return False
-    return cache.digest(first) == cache.digest(second)
-
-
 def _copy_with_progress(source: Path, target: Path) -> None:
     size = source.stat().st_size
     with open(source, "rb") as reader, open(target, "wb") as writer, tqdm(
@@ -103,7 +93,7 @@ def bring_in_file(source: Path, folder: Path, cache: DigestCache) -> tuple[Path,
     like a complete archive; a hard link replaces the copy where the filesystem allows.
     """
     target = folder / source.name
-    if target.is_file() and _same_file_content(source, target, cache):
+    if target.is_file() and files.same_content(source, target, cache.digest):
         return target, False
     folder.mkdir(parents=True, exist_ok=True)
     with files.atomic_path(target, suffix="") as temporary:

@@ -96,15 +96,6 @@ class _Counts:
     conflicts: int = 0
 
 
-def _same_content(first: Path, second: Path) -> bool:
-    first_status, second_status = first.stat(), second.stat()
-    if (first_status.st_dev, first_status.st_ino) == (second_status.st_dev, second_status.st_ino):
-        return True
-    if first_status.st_size != second_status.st_size:
-        return False
-    return files.file_digest(first) == files.file_digest(second)
-
-
 def _source_folders(extracted_root: Path) -> list[Path]:
     if not extracted_root.is_dir():
         raise PipelineError(f"{extracted_root} does not exist: run get_data.py first")
@@ -148,7 +139,7 @@ def _consolidate(
                 source_file = Path(directory) / name
                 kept = placed.get((kind, relative))
                 if kept is not None:
-                    identical = _same_content(kept, source_file)
+                    identical = files.same_content(kept, source_file)
                     if identical:
                         counts.duplicate_names += 1
                     else:

@@ -113,6 +113,19 @@ def file_digest(path: str | Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def same_content(first: str | Path, second: str | Path, digest=file_digest) -> bool:
+    """True when both files hold the same bytes: the same inode, or the same size and digest.
+
+    ``digest`` computes a file's checksum (a caching one spares re-reading large files).
+    """
+    first_status, second_status = os.stat(first), os.stat(second)
+    if (first_status.st_dev, first_status.st_ino) == (second_status.st_dev, second_status.st_ino):
+        return True
+    if first_status.st_size != second_status.st_size:
+        return False
+    return digest(first) == digest(second)
+
+
 def tree_fingerprint(paths: list[str | Path]) -> str:
     """A cheap fingerprint of files and folders: every file's relative path, size and mtime.
 
