@@ -43,6 +43,25 @@ def build_parser(description: str, section: str) -> argparse.ArgumentParser:
     return parser
 
 
+def add_command_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config``, ``--force`` and overrides of a console command (``emotion-predict``, ...).
+
+    Unlike the stage scripts, the console commands run from any folder: without --config they
+    read config/default.toml when the current folder has one, else the built-in defaults.
+    """
+    parser.add_argument(
+        "--config", default=None,
+        help=f"TOML configuration file (default: {DEFAULT_CONFIG} when it exists, else built-in defaults)",
+    )
+    parser.add_argument("--force", action="store_true", help="redo even if the outputs are up to date")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="per-run configuration overrides")
+
+
+def command_config_path(arguments: argparse.Namespace) -> Path | str | None:
+    """The configuration file a console command reads (see ``add_command_arguments``)."""
+    return arguments.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+
+
 def main(
     run: Callable[[Config, bool], int | None],
     description: str,

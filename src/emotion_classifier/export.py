@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from emotion_classifier import cli, files, model_io
-from emotion_classifier.cli import DEFAULT_CONFIG, PipelineError
+from emotion_classifier.cli import PipelineError
 from emotion_classifier.config import Config
 
 LOGGER = logging.getLogger(__name__)
@@ -271,19 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", help="trained .keras model (default: export.model, else the shipped model)")
     parser.add_argument("--output", help="output folder (default: export.output_dir, else export/ beside the model)")
-    parser.add_argument(
-        "--config", default=None,
-        help=f"TOML configuration file (default: {DEFAULT_CONFIG} when it exists, else built-in defaults)",
-    )
-    parser.add_argument("--force", action="store_true", help="redo even if the outputs are up to date")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="per-run configuration overrides")
+    cli.add_command_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point ``emotion-export``; returns the exit status."""
     arguments = build_parser().parse_intermixed_args(argv)
-    config_path = arguments.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    config_path = cli.command_config_path(arguments)
 
     def apply_options(config: Config) -> None:
         if arguments.model is not None:

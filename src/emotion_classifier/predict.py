@@ -38,7 +38,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from tqdm import tqdm
 
 from emotion_classifier import cli, faces, files, model_io
-from emotion_classifier.cli import DEFAULT_CONFIG, PipelineError
+from emotion_classifier.cli import PipelineError
 from emotion_classifier.config import Config, PredictConfig
 
 LOGGER = logging.getLogger(__name__)
@@ -589,19 +589,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tflite", help="classify with this .tflite model (no TensorFlow needed)")
     parser.add_argument("--output", help="output folder (default: predict.output_dir)")
     parser.add_argument("--explain", action="store_true", help="save a Grad-CAM heat map over each face")
-    parser.add_argument(
-        "--config", default=None,
-        help=f"TOML configuration file (default: {DEFAULT_CONFIG} when it exists, else built-in defaults)",
-    )
-    parser.add_argument("--force", action="store_true", help="redo even if the outputs are up to date")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="per-run configuration overrides")
+    cli.add_command_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point ``emotion-predict``; returns the exit status."""
     arguments = build_parser().parse_intermixed_args(argv)
-    config_path = arguments.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    config_path = cli.command_config_path(arguments)
     options = {"input": arguments.input, "model": arguments.model, "tflite_model": arguments.tflite,
                "output_dir": arguments.output}
 
