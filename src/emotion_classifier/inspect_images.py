@@ -108,18 +108,14 @@ def output_paths(config: Config) -> dict[str, Path]:
 def run(config: Config, force: bool = False) -> int:
     """Draw the sample grid and the class distribution chart from the manifest."""
     paths = config.paths
-    if not paths.manifest.is_file():
-        raise PipelineError(f"{paths.manifest} not found: run get_filenames_and_labels.py first")
+    manifest.require_labels_stage_manifest(paths.manifest)
     outputs = output_paths(config)
     stamp = files.StageStamp(paths.processed / ".inspect.stamp.json", dataclasses.asdict(config.inspect),
                              [paths.manifest])
     if not force and stamp.is_current():
         print(f"figures up to date in {outputs['samples'].parent} (use --force to redraw)")
         return 0
-    try:
-        frame = manifest.read_manifest(paths.manifest)
-    except ValueError as error:
-        raise PipelineError(str(error)) from error
+    frame = manifest.read_labels_stage_manifest(paths.manifest)
     if frame.empty:
         raise PipelineError(f"{paths.manifest} has no rows to inspect")
     settings = config.inspect

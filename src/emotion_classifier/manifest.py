@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from emotion_classifier.cli import PipelineError
+
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "filename",
     "label",
@@ -63,6 +65,24 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     for column in _TEXT_COLUMNS:
         frame[column] = frame[column].fillna("").astype(str)
     return frame
+
+
+def require_labels_stage_manifest(path: Path) -> None:
+    """Stop a stage whose input, the manifest of get_filenames_and_labels.py, is missing."""
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: run get_filenames_and_labels.py first")
+
+
+def read_labels_stage_manifest(path: Path) -> pd.DataFrame:
+    """The manifest written by get_filenames_and_labels.py, for the stages that follow it.
+
+    A missing or malformed file stops the stage with a message saying what to run.
+    """
+    require_labels_stage_manifest(path)
+    try:
+        return read_manifest(path)
+    except ValueError as error:
+        raise PipelineError(str(error)) from error
 
 
 def empty_manifest() -> pd.DataFrame:

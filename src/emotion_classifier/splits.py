@@ -166,18 +166,14 @@ def output_paths(config: Config) -> dict[str, object]:
 def run(config: Config, force: bool = False) -> int:
     """Split the manifest and write the split manifest, class list, npy hand-offs and summary."""
     paths = config.paths
-    if not paths.manifest.is_file():
-        raise PipelineError(f"{paths.manifest} not found: run get_filenames_and_labels.py first")
+    manifest.require_labels_stage_manifest(paths.manifest)
     outputs = output_paths(config)
     stamp = files.StageStamp(paths.processed / ".split.stamp.json", dataclasses.asdict(config.split),
                              [paths.manifest])
     if not force and stamp.is_current():
         print(f"splits up to date: {outputs['split_manifest']} (use --force to redo them)")
         return 0
-    try:
-        frame = manifest.read_manifest(paths.manifest)
-    except ValueError as error:
-        raise PipelineError(str(error)) from error
+    frame = manifest.read_labels_stage_manifest(paths.manifest)
     result = assign_splits(frame, config)
     rows = result.rows[[*manifest.MANIFEST_COLUMNS, "split", "class_index"]]
     files.save_csv(outputs["split_manifest"], labels.as_plain_objects(rows))
