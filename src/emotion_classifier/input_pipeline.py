@@ -588,7 +588,7 @@ def run(config, force: bool = False) -> int:
         batches = in_memory.ArrayBatches(
             arrays[0], arrays[1], model_config.batch_size, training=True, seed=generator_config.seed,
             augmentation=in_memory.FaceAugmentation(generator_config) if generator_config.augment else None,
-            num_classes=training.num_classes_for_mixup(config, training_rows), mixup=generator_config.mixup,
+            num_classes=training.one_hot_classes(generator_config, len(classes)), mixup=generator_config.mixup,
         )
         iterator = (batches[index % len(batches)] for index in itertools.count())
     else:

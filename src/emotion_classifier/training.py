@@ -217,7 +217,7 @@ def train(config, section_name: str, force: bool = False) -> Path:
 
 
     training_data, validation_data, steps_per_epoch, skipped_count = _make_inputs(
-        config, model_config, training_rows, validation_rows, strategy
+        config, model_config, training_rows, validation_rows, len(classes), strategy
     )
     early_stopping = ResumableEarlyStopping(model_config.patience, state, model_config.monitor)
     checkpoint = RunCheckpoint(
@@ -417,7 +417,7 @@ def _code_version() -> str:
 
 
 def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_rows: pd.DataFrame,
-                 strategy=None):
+                 num_classes: int, strategy=None):
     """Training and validation inputs for the configured input mode, and the steps per epoch."""
     full_steps = math.ceil(len(training_rows) / model_config.batch_size)
     steps = min(full_steps, model_config.max_steps_per_epoch) if model_config.max_steps_per_epoch > 0 else full_steps
@@ -459,14 +459,14 @@ def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_r
             left_out += skipped
         augmentation = in_memory.FaceAugmentation(config.generator) if config.generator.augment else None
         # With mixup, labels are class probabilities in training and (for one accuracy metric) validation.
-        num_classes = num_classes_for_mixup(config, training_rows)
+        one_hot = one_hot_classes(config.generator, num_classes)
         training_data = in_memory.ArrayBatches(
             *arrays["train"], model_config.batch_size, training=True, seed=model_config.seed, max_batches=steps,
             augmentation=augmentation, workers=config.generator.parallel_calls or os.cpu_count() or 1,
-            num_classes=num_classes, mixup=config.generator.mixup,
+            num_classes=one_hot, mixup=config.generator.mixup,
         )
         validation_data = in_memory.ArrayBatches(*arrays["valid"], model_config.batch_size, training=False,
-                                                 num_classes=num_classes)
+                                                 num_classes=one_hot)
         return training_data, validation_data, steps, (lambda: left_out)
     workers = config.generator.parallel_calls or os.cpu_count() or 1
     training_data = input_pipeline.ImageBatches(
@@ -480,13 +480,9 @@ def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_r
         lambda: len(training_data.unreadable_files) + len(validation_data.unreadable_files))
 
 
-def num_classes_for_mixup(config, training_rows: pd.DataFrame) -> int | None:
-    """The class count when mixup is on (labels become one-hot rows), else None."""
-    if config.generator.mixup <= 0 or not config.generator.augment:
-        return None
-    classes = files.read_json(Path(config.paths.processed) / input_pipeline.CLASSES_FILE_NAME)
-    classes = classes["classes"] if isinstance(classes, dict) else classes
-    return len(classes)
+def one_hot_classes(generator_config, num_classes: int) -> int | None:
+    """``num_classes`` when mixup is on (labels become one-hot rows), else None."""
+    return num_classes if generator_config.mixup > 0 and generator_config.augment else None
 
 
 def _truncate_metrics(metrics_path: Path, epochs_completed: int) -> None:
