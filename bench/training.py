@@ -41,6 +41,7 @@ import pandas as pd
 
 import common
 
+import keras  # noqa: E402  (after common, which sets the import path)
 from emotion_classifier import distribute, input_pipeline  # noqa: E402  (path set by common)
 from emotion_classifier.config import Config, GeneratorConfig  # noqa: E402
 from emotion_classifier.losses import WeightedCrossEntropy  # noqa: E402
@@ -53,8 +54,6 @@ class StepTimer:
     """Times ``model.fit`` steps after the first ``skipped`` ones (tracing and warm-up)."""
 
     def __init__(self, skipped: int):
-        import keras
-
         timer = self
 
         class Callback(keras.callbacks.Callback):
@@ -69,9 +68,7 @@ class StepTimer:
         self.started = self.finished = 0.0
 
 
-def training_speed(section: str, image_size: int, data, steps: int, batch_size: int, mixed_precision: bool,
-                   epochs_of=None) -> float:
-    import keras
+def training_speed(section: str, image_size: int, data, steps: int, batch_size: int, mixed_precision: bool) -> float:
 
     config = Config()
     model_config = getattr(config, section)
@@ -84,10 +81,11 @@ def training_speed(section: str, image_size: int, data, steps: int, batch_size: 
                       metrics=["accuracy"])
     skipped = 2
     timer = StepTimer(skipped)
-    # A PyDataset (epochs_of) may hold fewer batches than asked for: its own length is the epoch.
-    steps_per_epoch = None if epochs_of is not None else steps + skipped
-    if epochs_of is not None:
-        steps = min(steps, len(epochs_of) - skipped)
+    # A PyDataset may hold fewer batches than asked for: its own length is the epoch.
+    is_py_dataset = isinstance(data, keras.utils.PyDataset)
+    steps_per_epoch = None if is_py_dataset else steps + skipped
+    if is_py_dataset:
+        steps = min(steps, len(data) - skipped)
     model.fit(data, epochs=1, steps_per_epoch=steps_per_epoch, verbose=0, callbacks=[timer.callback])
     return steps * batch_size / (timer.finished - timer.started)
 
@@ -106,26 +104,22 @@ def original_loader(paths: list[str], batch_size: int, labels: np.ndarray):
         position += batch_size
 
 
-class RepeatedBatch:
+class RepeatedBatch(keras.utils.PyDataset):
     """One batch, returned for every step (the input costs nothing but the copy to the device)."""
 
-    def __new__(cls, images: np.ndarray, labels: np.ndarray, steps: int):
-        import keras
+    def __init__(self, images: np.ndarray, labels: np.ndarray, steps: int):
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.images, self.labels, self.steps = images, labels, steps
 
-        class Batches(keras.utils.PyDataset):
-            def __len__(self):
-                return steps
+    def __len__(self) -> int:
+        return self.steps
 
-            def __getitem__(self, index):
-                return images, labels
-
-        return Batches(workers=1, use_multiprocessing=False)
+    def __getitem__(self, index: int):
+        return self.images, self.labels
 
 
 def backend_neutral_main(arguments) -> None:
     """The figures without TensorFlow: memory- and file-fed PyDatasets against one repeated batch."""
-    import keras
-
     from emotion_classifier import in_memory
 
     gpu = any("gpu" in str(device).lower() or "cuda" in str(device).lower()
@@ -166,7 +160,7 @@ def backend_neutral_main(arguments) -> None:
                                                      generator_config=plain, workers=workers),
                 "in_memory": RepeatedBatch(decoded[:batch_size].astype("float32"), decoded_labels[:batch_size], total),
             }
-            speeds = {key: training_speed(section, size, data, steps, batch_size, mixed, epochs_of=data)
+            speeds = {key: training_speed(section, size, data, steps, batch_size, mixed)
                       for key, data in inputs.items()}
             if name == "seed_original_size" and not arguments.quick:
                 speeds["original_loader"] = training_speed(
@@ -197,8 +191,6 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None,
                         help="configurations to run (seed_original_size, seed_default_size, resnet50)")
     arguments = parser.parse_args()
-    import keras
-
     if keras.backend.backend() != "tensorflow":
         backend_neutral_main(arguments)
         return
