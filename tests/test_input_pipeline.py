@@ -181,6 +181,52 @@ def test_crops_of_one_size_are_resized_per_batch_as_pillow_resizes_them(tmp_path
     assert np.abs(pillow_images[-1] - tf_images[-1]).mean() < 5.0
 
 
+def test_jpeg_scale_denominator_keeps_at_least_the_training_size():
+    assert input_pipeline.jpeg_scale_denominator(333, 307, 112) == 2
+    assert input_pipeline.jpeg_scale_denominator(223, 500, 112) == 1
+    assert input_pipeline.jpeg_scale_denominator(448, 460, 112) == 4
+    assert input_pipeline.jpeg_scale_denominator(4000, 3000, 112) == 8
+    assert input_pipeline.jpeg_scale_denominator(48, 48, 112) == 1
+
+
+def test_large_jpegs_decode_at_reduced_scale_and_agree_with_pillow(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    random = np.random.default_rng(3)
+    names, boxes = [], []
+    for index, (height, width) in enumerate([(420, 380), (400, 400), (300, 520), (390, 410)]):
+        coarse = random.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
+        photo = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+        name = f"photo_{index}.png" if index == 3 else f"photo_{index}.jpg"
+        photo.save(tmp_path / name, **({} if name.endswith(".png") else {"quality": 92}))
+        names.append(name)
+        boxes.append(None if index == 1 else (37.4, 21.2, 0.7 * width, 0.72 * height))
+    frame = manifest_frame(names, [0, 1, 0, 1], boxes=boxes)
+
+    traced_ratios = []
+    decode_and_crop_jpeg = tf.io.decode_and_crop_jpeg
+
+    def recording(*arguments, **keywords):
+        traced_ratios.append(keywords.get("ratio", 1))
+        return decode_and_crop_jpeg(*arguments, **keywords)
+
+    monkeypatch.setattr(tf.io, "decode_and_crop_jpeg", recording)
+    for image_size, channels in ((48, 3), (96, 1)):
+        traced_ratios.clear()
+        tf_images, _ = next(iter(make_dataset(frame, tmp_path, image_size, channels, 4, False, no_augmentation())))
+        # The smallest crop (210 pixels) allows 1/4 scale at 48 pixels; every scale is built.
+        assert set(traced_ratios) == {1, 2, 4, 8}
+        pillow_images, _ = load_arrays(frame, tmp_path, image_size, channels)
+        assert tf_images.shape == pillow_images.shape == (4, image_size, image_size, channels)
+        assert tf_images.numpy().min() >= 0.0 and tf_images.numpy().max() <= 255.0
+        assert np.abs(pillow_images - tf_images.numpy()).mean(axis=(1, 2, 3)).max() < 2.0
+
+    # Crops under twice the training size (FER2013's faces) keep the full-scale decoder.
+    traced_ratios.clear()
+    next(iter(make_dataset(frame, tmp_path, 160, 3, 4, False, no_augmentation())))
+    assert set(traced_ratios) <= {1}
+
+
 def test_augmentation_only_for_training_and_values_stay_in_range(tmp_path):
     filenames, labels = copy_fer_images(tmp_path, per_class=4)
     frame = manifest_frame(filenames, labels)
