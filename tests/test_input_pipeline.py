@@ -227,6 +227,39 @@ def test_large_jpegs_decode_at_reduced_scale_and_agree_with_pillow(tmp_path, mon
     assert set(traced_ratios) <= {1}
 
 
+def test_pillow_path_decodes_large_jpegs_at_reduced_scale_with_exif_and_box(tmp_path, monkeypatch):
+    from PIL import ImageOps, JpegImagePlugin
+
+    random = np.random.default_rng(5)
+    coarse = random.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+    stored = Image.fromarray(coarse).resize((700, 500), Image.Resampling.BICUBIC)  # width 700, height 500
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated: 500 wide, 700 tall
+    stored.save(tmp_path / "photo.jpg", exif=exif, quality=92)
+    box = (40.0, 120.0, 400.0, 430.0)  # in the upright image
+
+    drafts = []
+    draft = JpegImagePlugin.JpegImageFile.draft
+
+    def recording(self, mode, size):
+        drafts.append(size)
+        return draft(self, mode, size)
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", recording)
+    reduced = load_image(tmp_path / "photo.jpg", 96, 3, box=box)
+    assert drafts == [(700 // 4, 500 // 4)], "a 400-pixel crop at 96 pixels decodes at 1/4 scale"
+    with Image.open(tmp_path / "photo.jpg") as opened:
+        upright = ImageOps.exif_transpose(opened).convert("RGB")
+    reference = np.asarray(upright.crop(crop_bounds(box, 0.0, *upright.size)).resize((96, 96), Image.Resampling.BILINEAR),
+                           dtype="float32")
+    assert reduced.shape == reference.shape == (96, 96, 3)
+    assert np.abs(reduced - reference).mean() < 2.0
+
+    drafts.clear()
+    load_image(tmp_path / "photo.jpg", 300, 3, box=box)
+    assert drafts == [], "a crop under twice the size decodes at full scale"
+
+
 def test_augmentation_only_for_training_and_values_stay_in_range(tmp_path):
     filenames, labels = copy_fer_images(tmp_path, per_class=4)
     frame = manifest_frame(filenames, labels)

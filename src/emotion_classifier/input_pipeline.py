@@ -476,14 +476,26 @@ def load_image(path: str | Path, image_size: int, channels: int, box: Sequence[f
     16-bit images are all turned into 8-bit RGB, then cropped to ``box`` (x, y, width, height,
     grown by ``margin``) when given, resized with bilinear filtering and, for one channel,
     reduced to luma with the same weights as the tf.data path.
+    A JPEG whose crop is at least twice ``image_size`` on each side is decoded at the reduced
+    scale of ``jpeg_scale_denominator``, as the tf.data path does (the box scaled alike).
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
+    has_box = box is not None and np.all(np.isfinite(box)) and box[2] > 0 and box[3] > 0
     with Image.open(path) as opened:
+        # The box refers to the upright image: sides swap for EXIF orientations 5 to 8.
+        upright_size = opened.size[::-1] if opened.getexif().get(0x0112, 1) in (5, 6, 7, 8) else opened.size
+        if opened.format == "JPEG":
+            crop = crop_bounds(box, margin, *upright_size) if has_box else (0, 0, *upright_size)
+            denominator = jpeg_scale_denominator(crop[3] - crop[1], crop[2] - crop[0], image_size)
+            if denominator > 1:
+                opened.draft(None, (opened.size[0] // denominator, opened.size[1] // denominator))
         image = ImageOps.exif_transpose(opened)
         image = _to_rgb(image)
-    if box is not None and np.all(np.isfinite(box)) and box[2] > 0 and box[3] > 0:
-        image = image.crop(crop_bounds(box, margin, image.width, image.height))
+    if has_box:
+        scale_x, scale_y = image.width / upright_size[0], image.height / upright_size[1]
+        scaled_box = (box[0] * scale_x, box[1] * scale_y, box[2] * scale_x, box[3] * scale_y)
+        image = image.crop(crop_bounds(scaled_box, margin, image.width, image.height))
     image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
     pixels = np.asarray(image, dtype="float32")
     if channels == 1:
