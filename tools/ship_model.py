@@ -29,6 +29,36 @@ def describe(run: Path, report: Path, config_path: str, name: str, hardware: str
         for class_name, values in evaluation["per_class"].items()
     )
     minutes = summary["seconds"] / 60
+    return _header(summary, evaluation, name, run, report, config_path, hardware, minutes) + \
+        _calibration_section(run) + _evaluation_section(evaluation, metrics, recall_rows)
+
+
+def _calibration_section(run: Path) -> str:
+    """What the run's decision calibration did (calibration.calibrate_run's report), if it has one."""
+    path = run / "decision_calibration.json"
+    if not path.is_file():
+        return ""
+    report = files.read_json(path)
+    if report["settings"]["method"] == "none":
+        return ""
+    before, after = report["validation_before"], report["validation_after"]
+    offsets = ", ".join(f"{name} {value:+.3f}" for name, value in report["offsets"].items())
+    recalls = ", ".join(f"{name} {before['recall'][name]:.3f} -> {after['recall'][name]:.3f}" for name in report["classes"])
+    return f"""
+## Decisions: {report['settings']['method']}
+
+After training, per-class offsets were added to the final layer's logits (they are in
+`model.keras` itself, and listed in `model_info.json`) so that, on the validation split held out
+of train/ ({report['settings']['validation_rows']} images, `{report['settings']['test_time_augmentation']}` views, reweighted to the training
+class frequencies), each class is predicted as often as it occurs. Offsets: {offsets}.
+On that validation split: accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f}, macro F1
+{before['macro_f1']:.4f} -> {after['macro_f1']:.4f}; recall {recalls}. The figures below are those of the
+calibrated model (`decision_calibration.json` has the whole report).
+"""
+
+
+def _header(summary: dict, evaluation: dict, name: str, run: Path, report: Path, config_path: str, hardware: str,
+            minutes: float) -> str:
     return f"""# The shipped model: {name}
 
 `model.keras` classifies a face crop into {len(evaluation['model_classes'])} emotions
@@ -49,7 +79,11 @@ python tools/ship_model.py --run {run} --report {report} --config {config_path} 
 - Recipe: preset `{summary.get('preset', 'fer_vgg')}`, {summary['epochs_run']} epochs (best: epoch {summary['best_epoch']}), see `{config_path}`.
 - Hardware: {hardware}.
 - Training time: {minutes:.0f} minutes ({summary['images_per_second']:.0f} images/s).
+"""
 
+
+def _evaluation_section(evaluation: dict, metrics: dict, recall_rows: str) -> str:
+    return f"""
 ## Evaluation on FER2013 val (PublicTest), test-time augmentation `{evaluation.get('test_time_augmentation', 'none')}`
 
 | metric | value |
@@ -90,6 +124,9 @@ def main() -> None:
                                 if key not in ("classes", "image_size", "channels", "input")})
     for name in ("evaluation.json", "confusion_matrix.png"):
         shutil.copyfile(arguments.report / name, destination / name)
+    (destination / "decision_calibration.json").unlink(missing_ok=True)
+    if (arguments.run / "decision_calibration.json").is_file():
+        shutil.copyfile(arguments.run / "decision_calibration.json", destination / "decision_calibration.json")
     files.write_text(destination / "README.md", describe(arguments.run, arguments.report, arguments.config, arguments.name, arguments.hardware))
     print(f"shipped {arguments.run} as {destination} "
           f"({(destination / 'model.keras').stat().st_size / 1e6:.1f} MB)")

@@ -204,6 +204,11 @@ class ModelConfig:
     monitor: str = "val_loss"
     # Early stopping: epochs without improvement of the monitored metric.
     patience: int = 3
+    # After training: "none", or "prior_matching" (per-class offsets added to the final layer's
+    # logits so that, on the validation split reweighted to the training class frequencies, each
+    # class is predicted as often as it occurs; fitted on the views of the matching evaluation
+    # section's test_time_augmentation). Changing it re-calibrates a finished run, no retraining.
+    decision_calibration: str = "none"
     # Class-balanced loss of Cui et al. 2019: weights from the effective number of samples.
     class_balanced_beta: float = 0.9999
     label_smoothing: float = 0.0
@@ -522,6 +527,8 @@ _CHOICES = {
     ("labels", "layout"): {"auto", "affectnet_csv", "affectnet_npy", "class_folders"},
     ("model_4", "input_mode"): {"tf_data", "memory", "arrays"},
     ("model_4", "monitor"): {"val_loss", "val_accuracy"},
+    ("model_4", "decision_calibration"): {"none", "prior_matching"},
+    ("model_6", "decision_calibration"): {"none", "prior_matching"},
     ("model_6", "monitor"): {"val_loss", "val_accuracy"},
     ("model_4", "architecture"): {"custom_cnn", "vgg"},
     ("model_4", "optimizer"): {"adam", "adamw", "sgd"},

@@ -185,12 +185,13 @@ def test_time_views(images: np.ndarray, mode: str, crop_fraction: float = 0.9) -
 
 def predict(model, rows: pd.DataFrame, images_root: Path, image_size: int, channels: int,
             batch_size: int, face_margin: float = 0.0, test_time_augmentation: str = "none",
-            crop_fraction: float = 0.9) -> tuple[np.ndarray, list[dict[str, str]]]:
+            crop_fraction: float = 0.9, per_view: bool = False) -> tuple[np.ndarray, list[dict[str, str]]]:
     """Class probabilities for every row, in order, decoding one batch at a time.
 
     Memory stays at one batch of images however large the set. Returns the probabilities
     (NaN for images that could not be read) and the list of unreadable files with their error.
-    With test-time augmentation, each image's probabilities are the mean over its views.
+    With test-time augmentation, each image's probabilities are the mean over its views;
+    ``per_view`` keeps them apart instead: ``(rows, views, classes)``.
     """
     from emotion_classifier import input_pipeline
 
@@ -205,7 +206,9 @@ def predict(model, rows: pd.DataFrame, images_root: Path, image_size: int, chann
             return error
 
     output_count = int(model.output_shape[-1])
-    probabilities = np.full((len(rows), output_count), np.nan, dtype=np.float64)
+    view_count = len(test_time_views(np.zeros((1, 8, 8, 1), dtype="float32"), test_time_augmentation, crop_fraction))
+    shape = (len(rows), view_count, output_count) if per_view else (len(rows), output_count)
+    probabilities = np.full(shape, np.nan, dtype=np.float64)
     unreadable: list[dict[str, str]] = []
     records = rows.to_dict("records")
     with concurrent.futures.ThreadPoolExecutor(max_workers=DECODE_THREADS) as executor, \
@@ -222,8 +225,8 @@ def predict(model, rows: pd.DataFrame, images_root: Path, image_size: int, chann
                     images.append(result)
             if images:
                 views = test_time_views(np.stack(images), test_time_augmentation, crop_fraction)
-                probabilities[positions] = np.mean(
-                    [np.asarray(model.predict_on_batch(view)) for view in views], axis=0)
+                view_probabilities = np.stack([np.asarray(model.predict_on_batch(view)) for view in views], axis=1)
+                probabilities[positions] = view_probabilities if per_view else view_probabilities.mean(axis=1)
             progress.update(len(batch))
     return probabilities, unreadable
 

@@ -190,6 +190,8 @@ def train(config, section_name: str, force: bool = False) -> Path:
     state = _prepare_run_folder(run_dir, fingerprint, force, may_write=chief)
     if state is not None and state.get("finished"):
         print(f"{run_dir} already holds a finished run of this configuration (use --force to retrain)")
+        if chief:
+            _calibrate(config, section_name, run_dir, validation_rows, classes, counts)
         return run_dir
     if chief:
         _write_run_description(config, run_dir, classes, model_config)
@@ -248,7 +250,22 @@ def train(config, section_name: str, force: bool = False) -> Path:
         )
     if chief:
         _finish_run(run_dir, fingerprint, classes, counts, class_weights, model_config)
+        _calibrate(config, section_name, run_dir, validation_rows, classes, counts)
     return run_dir
+
+
+def _calibrate(config, section_name: str, run_dir: Path, validation_rows: pd.DataFrame, classes: list[str],
+               counts: np.ndarray) -> None:
+    """Apply the decision calibration setting to the best model; note it in the run's summary."""
+    from emotion_classifier import calibration
+
+    report = calibration.calibrate_run(config, section_name, run_dir, validation_rows, classes, counts)
+    if report is None:
+        return
+    summary_path = run_dir / SUMMARY_NAME
+    summary = files.read_json(summary_path)
+    summary["decision_calibration"] = {key: report[key] for key in ("settings", "offsets") if key in report}
+    files.write_json(summary_path, summary)
 
 
 def _work_around_multi_worker_fit(model: keras.Model, strategy, model_config) -> None:
@@ -329,10 +346,13 @@ def _run_fingerprint(config, section_name: str) -> str:
     """What a run's result depends on: its section, the input pipeline and the split files.
 
     The strategy is left out: it changes where training runs, not what it computes, so a run
-    interrupted on one GPU may resume on several.
+    interrupted on one GPU may resume on several; so is the decision calibration, which is
+    applied to the finished run (calibration.calibrate_run).
     """
     model_settings = dict(config.to_dict()[section_name])
     model_settings.pop("strategy")
+    # Calibration is applied to a finished run's best model; it does not change training.
+    model_settings.pop("decision_calibration")
     settings = {
         "section": section_name,
         "model": model_settings,
@@ -384,7 +404,8 @@ def _prepare_run_folder(run_dir: Path, fingerprint: str, force: bool, may_write:
 
 def _clear_run_folder(run_dir: Path) -> None:
     """Remove what a previous run wrote (only the files this module writes)."""
-    for name in (BEST_MODEL_NAME, METRICS_NAME, SUMMARY_NAME, "history.png", model_io.MODEL_INFO_NAME):
+    for name in (BEST_MODEL_NAME, METRICS_NAME, SUMMARY_NAME, "history.png", model_io.MODEL_INFO_NAME,
+                 "decision_calibration.json"):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / CHECKPOINT_DIR_NAME, ignore_errors=True)
 
