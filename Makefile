@@ -11,7 +11,7 @@ CONFIG ?= config/sample.toml
 ARGS ?=
 STAGE = $(VENV_PYTHON) $(1) --config $(CONFIG) $(ARGS)
 
-.PHONY: help run test test-all bench predict export venv clean stages get_data consolidate labels inspect split generator model_4 evaluate_4 model_6 evaluate_6 demo
+.PHONY: help run test test-all bench predict evaluate-shipped export venv clean stages get_data consolidate labels inspect split generator model_4 evaluate_4 model_6 evaluate_6 demo
 
 help: ## List the targets.
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -50,6 +50,14 @@ evaluate_4: venv ; $(call STAGE,model_evaluation_4.py)
 model_6: venv ; $(call STAGE,model_6.py)
 evaluate_6: venv ; $(call STAGE,model_evaluation_6.py)
 demo: venv ; $(VENV_PYTHON) -m emotion_classifier.demo --config $(CONFIG) $(ARGS)
+
+# FER2013's val/ (PublicTest) as given under ../shared; any folder-per-class dataset works.
+EVALUATE_DATASET ?= ../shared/datasets/fer2013
+
+evaluate-shipped: venv ## Evaluate the shipped model on EVALUATE_DATASET's val/ (FER2013 PublicTest), flip-and-crops views; no training.
+	$(VENV_PYTHON) model_evaluation_4.py --config config/fer2013_gpu.toml \
+		model_evaluation_4.model='"models/shipped/fer2013/model.keras"' \
+		model_evaluation_4.dataset='"$(EVALUATE_DATASET)"' model_evaluation_4.name='"shipped_fer2013"' $(ARGS)
 
 predict: venv ## Find and classify every face in INPUT (default images/) with the shipped model.
 	$(VENV_PYTHON) -m emotion_classifier.predict $(or $(INPUT),images) --output reports/predict $(ARGS)

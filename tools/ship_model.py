@@ -74,6 +74,13 @@ make run CONFIG={config_path}          # or the stages one by one with --config 
 python tools/ship_model.py --run {run} --report {report} --config {config_path} --name {name}
 ```
 
+The figures below, from this file alone (no training; `make evaluate-shipped` for FER2013):
+
+```bash
+python model_evaluation_4.py --config {config_path} model_evaluation_4.model='"models/shipped/{name}/model.keras"' \\
+    model_evaluation_4.dataset='"<the dataset folder, e.g. ../shared/datasets/fer2013>"'
+```
+
 - Data: FER2013 train/ (learning; a class-balanced validation set held out of it chose the best
   epoch), val/ = PublicTest, {evaluation['images']} images (the figures below; never used to choose anything).
 - Recipe: preset `{summary.get('preset', 'fer_vgg')}`, {summary['epochs_run']} epochs (best: epoch {summary['best_epoch']}), see `{config_path}`.
