@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from emotion_classifier import config as config_module
-from emotion_classifier import distribute, files, in_memory, input_pipeline, model_io
+from emotion_classifier import calibration, distribute, files, in_memory, input_pipeline, model_io
 from emotion_classifier.cli import PipelineError
 from emotion_classifier.losses import WeightedCrossEntropy, class_balanced_weights
 from emotion_classifier.models import build_model
@@ -257,8 +257,6 @@ def train(config, section_name: str, force: bool = False) -> Path:
 def _calibrate(config, section_name: str, run_dir: Path, validation_rows: pd.DataFrame, classes: list[str],
                counts: np.ndarray) -> None:
     """Apply the decision calibration setting to the best model; note it in the run's summary."""
-    from emotion_classifier import calibration
-
     report = calibration.calibrate_run(config, section_name, run_dir, validation_rows, classes, counts)
     if report is None:
         return
@@ -405,7 +403,7 @@ def _prepare_run_folder(run_dir: Path, fingerprint: str, force: bool, may_write:
 def _clear_run_folder(run_dir: Path) -> None:
     """Remove what a previous run wrote (only the files this module writes)."""
     for name in (BEST_MODEL_NAME, METRICS_NAME, SUMMARY_NAME, "history.png", model_io.MODEL_INFO_NAME,
-                 "decision_calibration.json"):
+                 calibration.CALIBRATION_REPORT_NAME):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / CHECKPOINT_DIR_NAME, ignore_errors=True)
 
