@@ -315,6 +315,13 @@ def test_image_batches_shuffle_cap_and_augment(tmp_path):
     images, batch_labels = batches[0]
     assert images.shape == (5, 32, 32, 3) and images.dtype == np.float32
     assert 0.0 <= images.min() and images.max() <= 255.0
+    # Augmented on the host (OpenCV), reproducibly within an epoch; unaugmented without it.
+    np.testing.assert_array_equal(images, batches[0][0])
+    rows = frame.iloc[batches.batch_rows(0)]
+    plain, _ = load_arrays(rows, tmp_path, 32, 3)
+    assert np.abs(images - plain).mean() > 1.0
+    unaugmented = ImageBatches(frame, tmp_path, 32, 3, 5, True, GeneratorConfig(augment=False), seed=1, max_batches=2)
+    np.testing.assert_array_equal(unaugmented[0][0], load_arrays(frame.iloc[unaugmented.batch_rows(0)], tmp_path, 32, 3)[0])
     batches.on_epoch_end()
     assert not np.array_equal(first_order, batches._order)
     evaluation = ImageBatches(frame, tmp_path, 32, 3, 5, False, GeneratorConfig())

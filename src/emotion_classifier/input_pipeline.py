@@ -608,8 +608,10 @@ class ShuffledBatches(keras.utils.PyDataset):
 class ImageBatches(ShuffledBatches):
     """Batches decoded with Pillow, for training on any Keras backend (``input_mode = "arrays"``).
 
-    Training batches are reshuffled every epoch and augmented with the same Keras layers as the
-    tf.data path. ``max_batches`` (> 0) caps the batches per epoch; each epoch then draws a
+    Training batches are reshuffled every epoch and augmented on the host by OpenCV
+    (``in_memory.FaceAugmentation``, the settings of the tf.data path's Keras layers): Keras'
+    layers called outside the model would run on the backend's accelerator, batch by batch,
+    and JAX's rotation and zoom stall a GPU for minutes. ``max_batches`` (> 0) caps the batches per epoch; each epoch then draws a
     fresh random subset. Images that fail to decode are dropped from their batch and counted
     in ``unreadable_files``.
     """
@@ -627,7 +629,10 @@ class ImageBatches(ShuffledBatches):
         self.channels = channels
         self.margin = float(generator_config.face_margin)
         self.unreadable_files: list[str] = []
-        self._augmentation = build_augmentation(generator_config, seed) if training else None
+        from emotion_classifier import in_memory  # in_memory builds on this module
+
+        self._augmentation = (in_memory.FaceAugmentation(generator_config)
+                              if training and generator_config.augment else None)
 
     def __getitem__(self, batch_index: int):
         indices = self.batch_rows(batch_index)
@@ -645,8 +650,7 @@ class ImageBatches(ShuffledBatches):
             raise PipelineError(f"every image of batch {batch_index} is unreadable, e.g. {self.paths[indices[0]]}")
         batch = np.stack(images)
         if self._augmentation is not None:
-            augmented = self._augmentation(batch, training=True)
-            batch = np.clip(keras.ops.convert_to_numpy(augmented), 0.0, 255.0).astype("float32")
+            batch = self._augmentation(batch, self.batch_random(batch_index))
         return batch, np.asarray(labels, dtype="int32")
 
 
