@@ -23,9 +23,9 @@ RUN_FILES = ("best.keras", "model_info.json", "config.json", "config.toml", "met
              "history.png", "code_version.txt", "training_summary.json")
 
 
-def tiny_config(tmp_path: Path, input_mode: str = "tf_data", epochs: int = 2):
-    """Three FER classes, 3 training and 2 validation images each, a two-block CNN at 32x32."""
-    config = write_split_fixture(tmp_path, per_class=6)
+def tiny_config(tmp_path: Path, input_mode: str = "tf_data", epochs: int = 2, per_class: int = 6):
+    """Three FER classes, per_class - 3 training and 2 validation images each, a two-block CNN at 32x32."""
+    config = write_split_fixture(tmp_path, per_class=per_class)
     section = config.model_4
     section.image_size = 32
     section.channels = 1
