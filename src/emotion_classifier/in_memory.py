@@ -25,7 +25,6 @@ import json
 import logging
 from pathlib import Path
 
-import keras
 import numpy as np
 import pandas as pd
 
@@ -106,8 +105,14 @@ class FaceAugmentation:
         self.contrast = float(generator_config.contrast)
         self.random_erasing = float(generator_config.random_erasing)
 
+    @classmethod
+    def from_config(cls, generator_config) -> FaceAugmentation | None:
+        """The augmentation of ``[generator]``, or None when ``augment`` is off."""
+        return cls(generator_config) if generator_config.augment else None
+
     def __call__(self, images: np.ndarray, random: np.random.Generator) -> np.ndarray:
-        """Augmented float32 copies of a uint8 batch ``(batch, height, width, channels)``."""
+        """Augmented float32 copies of a batch ``(batch, height, width, channels)`` of pixels in
+        [0, 255] (uint8 from memory, float32 from ImageBatches)."""
         import cv2
 
         batch, height, width, channels = images.shape

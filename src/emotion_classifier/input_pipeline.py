@@ -123,31 +123,29 @@ def crop_bounds(box: Sequence[float], margin: float, width: int, height: int) ->
     return left, top, right, bottom
 
 
-def build_augmentation(generator_config, seed: int = 0, dtype: str | None = None) -> keras.Sequential | None:
+def build_augmentation(generator_config, seed: int = 0) -> keras.Sequential | None:
     """Keras augmentation layers for training batches, or None when augmentation is off.
 
     Every layer keeps values in [0, 255] (contrast and erasing are told the value range).
-    ``dtype`` sets the layers' computation type: "float32" keeps pixels exact when the layers
-    sit inside a model built under a mixed-precision policy.
     """
     if not generator_config.augment:
         return None
     layers: list[keras.layers.Layer] = []
     if generator_config.flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed, dtype=dtype))
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
     if generator_config.rotation_degrees > 0:
-        layers.append(keras.layers.RandomRotation(generator_config.rotation_degrees / 360.0, seed=seed + 1, dtype=dtype))
+        layers.append(keras.layers.RandomRotation(generator_config.rotation_degrees / 360.0, seed=seed + 1))
     if generator_config.zoom > 0:
-        layers.append(keras.layers.RandomZoom(generator_config.zoom, seed=seed + 2, dtype=dtype))
+        layers.append(keras.layers.RandomZoom(generator_config.zoom, seed=seed + 2))
     if generator_config.translation > 0:
         layers.append(keras.layers.RandomTranslation(
-            generator_config.translation, generator_config.translation, seed=seed + 3, dtype=dtype,
+            generator_config.translation, generator_config.translation, seed=seed + 3
         ))
     if generator_config.contrast > 0:
-        layers.append(keras.layers.RandomContrast(generator_config.contrast, value_range=(0, 255), seed=seed + 4, dtype=dtype))
+        layers.append(keras.layers.RandomContrast(generator_config.contrast, value_range=(0, 255), seed=seed + 4))
     if generator_config.random_erasing > 0:
         layers.append(keras.layers.RandomErasing(
-            factor=generator_config.random_erasing, value_range=(0, 255), seed=seed + 5, dtype=dtype,
+            factor=generator_config.random_erasing, value_range=(0, 255), seed=seed + 5
         ))
     if not layers:
         return None
@@ -202,8 +200,9 @@ def _common_crop_shape(paths: Sequence[str], boxes: np.ndarray, margin: float,
                        sampled: list[tuple[int, int]] | None = None) -> tuple[int, int] | None:
     """The ``(height, width)`` shared by the face crops of a sample of rows, or None.
 
-    ``sampled`` is ``_sampled_crop_shapes``' answer when the caller already has it. Face datasets are often all one size (FER2013's 48x48 faces, aligned crops), and then
-    ``make_dataset`` resizes whole batches instead of single images.
+    Face datasets are often all one size (FER2013's 48x48 faces, aligned crops), and then
+    ``make_dataset`` resizes whole batches instead of single images. ``sampled`` is
+    ``_sampled_crop_shapes``' answer when the caller already has it.
     """
     shapes = set(_sampled_crop_shapes(paths, boxes, margin) if sampled is None else sampled)
     return shapes.pop() if len(shapes) == 1 else None
@@ -313,23 +312,21 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
         return image
 
     def decode_whole(encoded):
-        if scaled_decoding:
-            image = tf.cond(
-                tf.io.is_jpeg(encoded),
-                lambda: decode_jpeg_scaled(encoded),
-                lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False, dtype=tf.uint8),
-            )
-            image.set_shape([None, None, 3])
-            return image
-        # decode_image's JPEG decoder uses libjpeg's fast, inexact inverse DCT (about 2 grey
-        # levels off on average); the accurate one decodes exactly as Pillow does.
-        if jpeg_names_only:
-            # No per-file choice of decoder (a tf.cond per image costs more than the decoding of
-            # a small JPEG); decode_jpeg also decodes PNG and GIF content under a .jpg name.
+        def decode_jpeg():
+            if scaled_decoding:
+                return decode_jpeg_scaled(encoded)
+            # decode_image's JPEG decoder uses libjpeg's fast, inexact inverse DCT (about 2 grey
+            # levels off on average); the accurate one decodes exactly as Pillow does.
             return tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE")
+
+        if jpeg_names_only and not scaled_decoding:
+            # No per-file choice of decoder (a tf.cond per image costs more than the decoding of
+            # a small JPEG); decode_jpeg also decodes PNG and GIF content under a .jpg name, which
+            # the scaled decoder (decode_and_crop_jpeg) does not.
+            return decode_jpeg()
         image = tf.cond(
             tf.io.is_jpeg(encoded),
-            lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
+            decode_jpeg,
             lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False, dtype=tf.uint8),
         )
         image.set_shape([None, None, 3])
@@ -382,14 +379,22 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
         # the antialiasing filter's normalised weights can overshoot by a rounding error.
         return tf.clip_by_value(images, 0.0, 255.0) if antialias else images
 
-    def resized_one(image, height, width):
+    def resized_one(image, height, width, shrink_by_area=False):
         # Antialiased bilinear resizing matches Pillow's BILINEAR filter when shrinking. When
         # enlarging (FER2013's 48x48 faces) it computes the same values as plain bilinear
         # resizing at a third of the speed, so it is used only where it changes something.
+        # After a scaled decode (``shrink_by_area``) less than a halving is left: area averaging
+        # antialiases that as well (within a grey level of Pillow on 512-pixel photos) at half
+        # the cost; its sums can overshoot 255 by a rounding error.
+        def shrunk():
+            if shrink_by_area:
+                return tf.clip_by_value(tf.image.resize(image, [height, width], method="area"), 0.0, 255.0)
+            return resized(image, height, width, antialias=True)
+
         shape = tf.shape(image)
         return tf.cond(
             tf.logical_or(shape[0] > height, shape[1] > width),
-            lambda: resized(image, height, width, antialias=True),
+            shrunk,
             lambda: resized(image, height, width, antialias=False),
         )
 
@@ -399,24 +404,10 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
         # for a third of the resizing work.
         return tf.image.rgb_to_grayscale(images) if channels == 1 else images
 
-    def shrunk_by_area(image):
-        # After a scaled decode less than a halving is left (or the crop was already small):
-        # area averaging antialiases that as well as the bilinear filter does (within a grey
-        # level of Pillow on 512-pixel photos) at half the cost of TensorFlow's antialiasing.
-        shape = tf.shape(image)
-        return tf.cond(
-            tf.logical_or(shape[0] > image_size, shape[1] > image_size),
-            # Area sums can overshoot 255 by a rounding error.
-            lambda: tf.clip_by_value(tf.image.resize(image, [image_size, image_size], method="area"), 0.0, 255.0),
-            lambda: resized(image, image_size, image_size, antialias=False),
-        )
-
     def read_one_image(path, box, label):
         """Crops of different sizes: each image is resized on its own."""
         image = to_float_gray(read_and_crop(path, box))
-        if scaled_decoding:
-            return shrunk_by_area(image), label
-        return resized_one(image, image_size, image_size), label
+        return resized_one(image, image_size, image_size, shrink_by_area=scaled_decoding), label
 
     def read_common_shape(path, box, label):
         """Crops of one size: the crop stays uint8 at its size; whole batches are resized later."""
@@ -611,8 +602,8 @@ class ImageBatches(ShuffledBatches):
     Training batches are reshuffled every epoch and augmented on the host by OpenCV
     (``in_memory.FaceAugmentation``, the settings of the tf.data path's Keras layers): Keras'
     layers called outside the model would run on the backend's accelerator, batch by batch,
-    and JAX's rotation and zoom stall a GPU for minutes. ``max_batches`` (> 0) caps the batches per epoch; each epoch then draws a
-    fresh random subset. Images that fail to decode are dropped from their batch and counted
+    and JAX's rotation and zoom stall a GPU for minutes. ``max_batches`` (> 0) caps the
+    batches per epoch; each epoch then draws a fresh random subset. Images that fail to decode are dropped from their batch and counted
     in ``unreadable_files``.
     """
 
@@ -631,8 +622,7 @@ class ImageBatches(ShuffledBatches):
         self.unreadable_files: list[str] = []
         from emotion_classifier import in_memory  # in_memory builds on this module
 
-        self._augmentation = (in_memory.FaceAugmentation(generator_config)
-                              if training and generator_config.augment else None)
+        self._augmentation = in_memory.FaceAugmentation.from_config(generator_config) if training else None
 
     def __getitem__(self, batch_index: int):
         indices = self.batch_rows(batch_index)
@@ -688,7 +678,7 @@ def run(config, force: bool = False) -> int:
                                         model_config.image_size, model_config.channels, generator_config.face_margin)
         batches = in_memory.ArrayBatches(
             arrays[0], arrays[1], model_config.batch_size, training=True, seed=generator_config.seed,
-            augmentation=in_memory.FaceAugmentation(generator_config) if generator_config.augment else None,
+            augmentation=in_memory.FaceAugmentation.from_config(generator_config),
             num_classes=training.one_hot_classes(generator_config, len(classes)), mixup=generator_config.mixup,
         )
         iterator = (batches[index % len(batches)] for index in itertools.count())

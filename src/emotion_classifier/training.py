@@ -476,7 +476,7 @@ def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_r
             )
             arrays[split_name] = (images, labels)
             left_out += skipped
-        augmentation = in_memory.FaceAugmentation(config.generator) if config.generator.augment else None
+        augmentation = in_memory.FaceAugmentation.from_config(config.generator)
         # With mixup, labels are class probabilities in training and (for one accuracy metric) validation.
         one_hot = one_hot_classes(config.generator, num_classes)
         training_data = in_memory.ArrayBatches(
