@@ -43,6 +43,16 @@ def averaged_probabilities(log_probabilities: np.ndarray, offsets: np.ndarray) -
     return probabilities.mean(axis=1)
 
 
+def _prior_weights(labels: np.ndarray, class_prior: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(prior, row weights)``: the prior normalised, and each row weighted by
+    ``prior[label] / count[label]`` (summing to one), so that the rows stand for data
+    distributed like the prior whatever their own class balance."""
+    prior = np.asarray(class_prior, dtype=np.float64) / np.sum(class_prior)
+    counts = np.bincount(labels, minlength=len(prior)).astype(np.float64)
+    row_weights = prior[labels] / counts[labels]
+    return prior, row_weights / row_weights.sum()
+
+
 def fit_prior_matching(log_probabilities: np.ndarray, labels: np.ndarray, class_prior: np.ndarray,
                        iterations: int = 400) -> np.ndarray:
     """Offsets that make each class's share of the decisions match ``class_prior``.
@@ -57,15 +67,11 @@ def fit_prior_matching(log_probabilities: np.ndarray, labels: np.ndarray, class_
     log_probabilities = np.asarray(log_probabilities, dtype=np.float64)
     labels = np.asarray(labels)
     class_count = log_probabilities.shape[-1]
-    class_prior = np.asarray(class_prior, dtype=np.float64)
-    class_prior = class_prior / class_prior.sum()
-    counts = np.bincount(labels, minlength=class_count).astype(np.float64)
-    present = counts > 0
-    if not present.all():
-        missing = [int(index) for index in np.flatnonzero(~present)]
-        raise PipelineError(f"decision calibration needs validation images of every class; none of class(es) {missing}")
-    row_weights = class_prior[labels] / counts[labels]
-    row_weights /= row_weights.sum()
+    missing = np.flatnonzero(np.bincount(labels, minlength=class_count) == 0)
+    if len(missing):
+        raise PipelineError("decision calibration needs validation images of every class; none of class(es) "
+                            f"{[int(index) for index in missing]}")
+    class_prior, row_weights = _prior_weights(labels, class_prior)
 
     offsets = np.zeros(class_count)
     best_offsets, best_deviation = offsets.copy(), np.inf
@@ -87,10 +93,8 @@ def decision_summary(probabilities: np.ndarray, labels: np.ndarray, classes: lis
     from sklearn.metrics import f1_score, recall_score
 
     decisions = probabilities.argmax(axis=1)
-    counts = np.bincount(labels, minlength=len(classes)).astype(np.float64)
-    prior = np.asarray(class_prior, dtype=np.float64) / np.sum(class_prior)
-    row_weights = prior[labels] / counts[labels]
-    shares = np.bincount(decisions, weights=row_weights / row_weights.sum(), minlength=len(classes))
+    _prior, row_weights = _prior_weights(labels, class_prior)
+    shares = np.bincount(decisions, weights=row_weights, minlength=len(classes))
     recalls = recall_score(labels, decisions, labels=range(len(classes)), average=None, zero_division=0)
     return {
         "accuracy": round(float((decisions == labels).mean()), 4),
@@ -126,11 +130,11 @@ def calibrate_run(config, section_name: str, run_dir: Path, validation_rows, cla
     taken off first), so re-running with other settings replaces them, and "none" removes
     them. Returns the calibration report, or None when there is nothing to do.
     """
-    from emotion_classifier import evaluation, input_pipeline
+    from emotion_classifier import evaluation
     from emotion_classifier.training import BEST_MODEL_NAME
 
     model_config = getattr(config, section_name)
-    evaluation_config = getattr(config, f"model_evaluation_{section_name.split('_')[1]}")
+    evaluation_config = getattr(config, evaluation.EVALUATION_SECTIONS[section_name])
     method = model_config.decision_calibration
     model_path = run_dir / BEST_MODEL_NAME
     info = model_io.read_model_info(model_path)
@@ -157,7 +161,7 @@ def calibrate_run(config, section_name: str, run_dir: Path, validation_rows, cla
         print(f"calibrating decisions on {len(validation_rows)} validation images "
               f"({evaluation_config.test_time_augmentation} views) ...")
         probabilities, unreadable = evaluation.predict(
-            model, validation_rows, config.paths.images_root, model_config.image_size, model_config.channels,
+            model, validation_rows, config.paths.images_root, info["image_size"], info["channels"],
             evaluation_config.batch_size, face_margin=config.generator.face_margin,
             test_time_augmentation=evaluation_config.test_time_augmentation,
             crop_fraction=evaluation_config.crop_fraction, per_view=True,

@@ -51,6 +51,8 @@ MANIFEST_SPLITS: tuple[str, ...] = ("test", "valid")
 FOLDER_EVALUATION_SPLITS: tuple[str, ...] = ("test", "validation")
 # Images decoded in parallel threads (Pillow releases the interpreter lock while decoding).
 DECODE_THREADS = min(8, os.cpu_count() or 1)
+# The evaluation section of each training section (test-time augmentation, batch size).
+EVALUATION_SECTIONS = {"model_4": "model_evaluation_4", "model_6": "model_evaluation_6"}
 
 
 @dataclasses.dataclass
@@ -467,9 +469,9 @@ def run(config: Config, force: bool = False, section: str = "model_evaluation_4"
 
 def run_model_evaluation_4(config: Config, force: bool = False) -> int:
     """The ``model_evaluation_4.py`` stage: evaluate model_4's run (or ``[model_evaluation_4] model``)."""
-    return run(config, force, section="model_evaluation_4", model_section="model_4")
+    return run(config, force, section=EVALUATION_SECTIONS["model_4"], model_section="model_4")
 
 
 def run_model_evaluation_6(config: Config, force: bool = False) -> int:
     """The ``model_evaluation_6.py`` stage: evaluate model_6's run (or ``[model_evaluation_6] model``)."""
-    return run(config, force, section="model_evaluation_6", model_section="model_6")
+    return run(config, force, section=EVALUATION_SECTIONS["model_6"], model_section="model_6")
