@@ -234,6 +234,21 @@ def test_training_with_mixup_in_memory_mode_and_its_refusal_elsewhere(tmp_path):
         training.train(config, "model_4")
 
 
+def test_augment_false_turns_mixup_off_too(tmp_path):
+    # Mixup is an augmentation: with augment = false the labels stay class indices and the
+    # images unblended, in every input mode (it used to fail inside ArrayBatches).
+    config = tiny_config(tmp_path, input_mode="memory", epochs=1)
+    config.generator.mixup = 0.2
+    config.generator.augment = False
+    assert training.mixup_alpha(config.generator) == 0.0
+    assert training.one_hot_classes(config.generator, 3) is None
+    run_dir = training.train(config, "model_4")
+    assert len(pd.read_csv(run_dir / "metrics.csv")) == 1
+    config.model_4.input_mode = "arrays"
+    config.model_4.run_name = "files"
+    assert (training.train(config, "model_4") / "metrics.csv").exists()
+
+
 def test_the_generator_stage_previews_what_memory_mode_trains_on(tmp_path, capsys):
     config = tiny_config(tmp_path, input_mode="memory")
     config.generator.mixup = 0.3

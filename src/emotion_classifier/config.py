@@ -166,7 +166,8 @@ class GeneratorConfig:
     random_erasing: float = 0.0
     # Mixup (Zhang et al. 2018): every training image blended with another image of its batch,
     # and their labels alike, with a weight drawn from Beta(mixup, mixup), e.g. 0.2; 0 turns it
-    # off. Needs input_mode = "memory" (labels become class probabilities).
+    # off. Needs input_mode = "memory" (labels become class probabilities); augment = false
+    # turns it off with the other augmentations.
     mixup: float = 0.0
     # Images of the augmented batch that the script saves as a PNG.
     preview_images: int = 16

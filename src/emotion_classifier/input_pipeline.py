@@ -679,7 +679,8 @@ def run(config, force: bool = False) -> int:
         batches = in_memory.ArrayBatches(
             arrays[0], arrays[1], model_config.batch_size, training=True, seed=generator_config.seed,
             augmentation=in_memory.FaceAugmentation.from_config(generator_config),
-            num_classes=training.one_hot_classes(generator_config, len(classes)), mixup=generator_config.mixup,
+            num_classes=training.one_hot_classes(generator_config, len(classes)),
+            mixup=training.mixup_alpha(generator_config),
         )
         iterator = (batches[index % len(batches)] for index in itertools.count())
     else:

@@ -179,7 +179,7 @@ def train(config, section_name: str, force: bool = False) -> Path:
             f"{config.paths.split_manifest}: no training images for class(es) {', '.join(missing)}; "
             "drop them in the split stage (split.drop_classes) or add images"
         )
-    if config.generator.mixup > 0 and model_config.input_mode != "memory":
+    if mixup_alpha(config.generator) > 0 and model_config.input_mode != "memory":
         raise PipelineError(f"generator.mixup needs {section_name}.input_mode = \"memory\" "
                             f"(it is {model_config.input_mode!r})")
     class_weights = class_balanced_weights(counts, model_config.class_balanced_beta)
@@ -482,7 +482,7 @@ def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_r
         training_data = in_memory.ArrayBatches(
             *arrays["train"], model_config.batch_size, training=True, seed=model_config.seed, max_batches=steps,
             augmentation=augmentation, workers=config.generator.parallel_calls or os.cpu_count() or 1,
-            num_classes=one_hot, mixup=config.generator.mixup,
+            num_classes=one_hot, mixup=mixup_alpha(config.generator),
         )
         validation_data = in_memory.ArrayBatches(*arrays["valid"], model_config.batch_size, training=False,
                                                  num_classes=one_hot)
@@ -499,9 +499,14 @@ def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_r
         lambda: len(training_data.unreadable_files) + len(validation_data.unreadable_files))
 
 
+def mixup_alpha(generator_config) -> float:
+    """The mixup setting in force: mixup is an augmentation, so ``augment = false`` turns it off."""
+    return float(generator_config.mixup) if generator_config.augment else 0.0
+
+
 def one_hot_classes(generator_config, num_classes: int) -> int | None:
     """``num_classes`` when mixup is on (labels become one-hot rows), else None."""
-    return num_classes if generator_config.mixup > 0 and generator_config.augment else None
+    return num_classes if mixup_alpha(generator_config) > 0 else None
 
 
 def _truncate_metrics(metrics_path: Path, epochs_completed: int) -> None:
