@@ -165,6 +165,7 @@ def calibrate_run(config, section_name: str, run_dir: Path, validation_rows, cla
             evaluation_config.batch_size, face_margin=config.generator.face_margin,
             test_time_augmentation=evaluation_config.test_time_augmentation,
             crop_fraction=evaluation_config.crop_fraction, per_view=True,
+            equalize_histogram=bool(info.get("equalize_histogram", False)),
         )
         readable = ~np.isnan(probabilities).any(axis=(1, 2))
         labels = validation_rows["class_index"].to_numpy()[readable]

@@ -205,6 +205,10 @@ class ModelConfig:
     monitor: str = "val_loss"
     # Early stopping: epochs without improvement of the monitored metric.
     patience: int = 3
+    # Histogram-equalise every face on the model's grid (channels = 1 only), in training and in
+    # everything that uses the model afterwards (it is saved in model_info.json): FER2013's faces
+    # come equalised, photos from elsewhere do not (see equalization.py).
+    equalize_histogram: bool = False
     # After training: "none", or "prior_matching" (per-class offsets added to the final layer's
     # logits so that, on the validation split reweighted to the training class frequencies, each
     # class is predicted as often as it occurs; fitted on the views of the matching evaluation
@@ -567,6 +571,9 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{name}.image_size: must be at least 32, got {model.image_size}")
         if model.channels not in (1, 3):
             raise ConfigError(f"{name}.channels: must be 1 or 3, got {model.channels}")
+        if model.equalize_histogram and model.channels != 1:
+            raise ConfigError(f"{name}.equalize_histogram: equalises grey images; needs {name}.channels = 1, "
+                              f"got {model.channels}")
         if model.batch_size < 1 or model.epochs < 1:
             raise ConfigError(f"{name}: batch_size and epochs must be positive")
         if not 0.0 < model.class_balanced_beta < 1.0 and model.class_balanced_beta != 0.0:

@@ -187,13 +187,15 @@ def test_time_views(images: np.ndarray, mode: str, crop_fraction: float = 0.9) -
 
 def predict(model, rows: pd.DataFrame, images_root: Path, image_size: int, channels: int,
             batch_size: int, face_margin: float = 0.0, test_time_augmentation: str = "none",
-            crop_fraction: float = 0.9, per_view: bool = False) -> tuple[np.ndarray, list[dict[str, str]]]:
+            crop_fraction: float = 0.9, per_view: bool = False,
+            equalize_histogram: bool = False) -> tuple[np.ndarray, list[dict[str, str]]]:
     """Class probabilities for every row, in order, decoding one batch at a time.
 
     Memory stays at one batch of images however large the set. Returns the probabilities
     (NaN for images that could not be read) and the list of unreadable files with their error.
     With test-time augmentation, each image's probabilities are the mean over its views;
-    ``per_view`` keeps them apart instead: ``(rows, views, classes)``.
+    ``per_view`` keeps them apart instead: ``(rows, views, classes)``. ``equalize_histogram``
+    as the model was trained (model_info.json).
     """
     from emotion_classifier import input_pipeline
 
@@ -203,7 +205,8 @@ def predict(model, rows: pd.DataFrame, images_root: Path, image_size: int, chann
     def load(row) -> np.ndarray | Exception:
         try:
             return input_pipeline.load_image(images_root / row["filename"], image_size, channels,
-                                             box=_face_box(row), margin=face_margin)
+                                             box=_face_box(row), margin=face_margin,
+                                             equalize_histogram=equalize_histogram)
         except Exception as error:  # noqa: BLE001 - any decoder failure is reported per file
             return error
 
@@ -413,6 +416,7 @@ def run(config: Config, force: bool = False, section: str = "model_evaluation_4"
         evaluation_config.batch_size, face_margin=config.generator.face_margin,
         test_time_augmentation=evaluation_config.test_time_augmentation,
         crop_fraction=evaluation_config.crop_fraction,
+        equalize_histogram=bool(info.get("equalize_histogram", False)),
     )
     readable = ~np.isnan(probabilities).any(axis=1)
     if not readable.any():
@@ -427,6 +431,7 @@ def run(config: Config, force: bool = False, section: str = "model_evaluation_4"
         "model_classes": class_names,
         "image_size": int(info["image_size"]),
         "channels": int(info["channels"]),
+        "equalize_histogram": bool(info.get("equalize_histogram", False)),
         "dataset": evaluation_config.dataset,
         "dataset_description": data.description,
         "images": int(readable.sum()),

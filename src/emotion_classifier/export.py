@@ -146,6 +146,7 @@ def export_model(model_path: str | Path, output_dir: str | Path, calibration_ima
     model_io.save_model_info(
         output_dir / tflite_name(TFLITE_VARIANTS[0]), info["classes"], info["image_size"], info["channels"],
         exported_from=str(model_path), exported_from_md5=files.file_digest(model_path),
+        equalize_histogram=bool(info.get("equalize_histogram", False)),
     )
     keras_probabilities = np.asarray(model.predict(verification_images, batch_size=64, verbose=0))
     comparison = compare_with_keras(keras_probabilities, tflite_paths, verification_images)
@@ -179,7 +180,7 @@ def _folder_size(folder: Path) -> int:
 
 
 def folder_images(folder: str | Path, image_size: int, channels: int, count: int, verification_count: int,
-                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+                  seed: int, equalize_histogram: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Calibration and verification images from a folder: a shuffled, disjoint draw of whole images."""
     from emotion_classifier import faces, input_pipeline
 
@@ -190,16 +191,17 @@ def folder_images(folder: str | Path, image_size: int, channels: int, count: int
     # With few images, calibration gets what the verification set leaves, but at least half.
     calibration_count = min(count, max(len(paths) - verification_count, len(paths) // 2))
     chosen = [paths[index] for index in order]
-    calibration = [input_pipeline.load_image(path, image_size, channels) for path in chosen[:calibration_count]]
+    calibration = [input_pipeline.load_image(path, image_size, channels, equalize_histogram=equalize_histogram)
+                   for path in chosen[:calibration_count]]
     verification = [
-        input_pipeline.load_image(path, image_size, channels)
+        input_pipeline.load_image(path, image_size, channels, equalize_histogram=equalize_histogram)
         for path in chosen[calibration_count:calibration_count + verification_count]
     ]
     return np.stack(calibration), np.stack(verification)
 
 
 def split_images(config: Config, image_size: int, channels: int, count: int, verification_count: int,
-                 seed: int) -> tuple[np.ndarray, np.ndarray]:
+                 seed: int, equalize_histogram: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Calibration images from the training split and verification images from the validation split."""
     from emotion_classifier import input_pipeline
 
@@ -209,7 +211,8 @@ def split_images(config: Config, image_size: int, channels: int, count: int, ver
         rows = input_pipeline.split_rows(frame, split, config.paths.split_manifest)
         rows = rows.sample(n=min(wanted, len(rows)), random_state=seed).reset_index(drop=True)
         images, _ = input_pipeline.load_arrays(rows, config.paths.images_root, image_size, channels,
-                                               config.generator.face_margin, skip_unreadable=True)
+                                               config.generator.face_margin, skip_unreadable=True,
+                                               equalize_histogram=equalize_histogram)
         samples.append(images)
     return samples[0], samples[1]
 
@@ -235,11 +238,13 @@ def run(config: Config, force: bool = False) -> int:
         calibration, verification = folder_images(
             settings.representative_images, int(info["image_size"]), int(info["channels"]),
             settings.representative_count, settings.verification_count, settings.seed,
+            equalize_histogram=bool(info.get("equalize_histogram", False)),
         )
     else:
         calibration, verification = split_images(
             config, int(info["image_size"]), int(info["channels"]),
             settings.representative_count, settings.verification_count, settings.seed,
+            equalize_histogram=bool(info.get("equalize_histogram", False)),
         )
     report = export_model(model_path, output_dir, calibration, verification, settings.tflite_variants, image_source)
     stamp.record([output_dir / REPORT_NAME, output_dir / SAVED_MODEL_FOLDER,

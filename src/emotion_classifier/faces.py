@@ -245,8 +245,9 @@ def expand_box(box: FaceBox, margin: float, photo_width: int, photo_height: int)
     return left, top, max(right, left + 1), max(bottom, top + 1)
 
 
-def model_input(region: np.ndarray, image_size: int, channels: int) -> np.ndarray:
-    """Resize an RGB ``uint8`` region to the model's input: float32 in [0, 255], 1 or 3 channels."""
+def model_input(region: np.ndarray, image_size: int, channels: int, equalize_histogram: bool = False) -> np.ndarray:
+    """Resize an RGB ``uint8`` region to the model's input: float32 in [0, 255], 1 or 3 channels,
+    histogram-equalised when the model was trained so (one channel only)."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     shrinking = region.shape[0] > image_size or region.shape[1] > image_size
@@ -254,11 +255,15 @@ def model_input(region: np.ndarray, image_size: int, channels: int) -> np.ndarra
         region, (image_size, image_size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
     )
     if channels == 1:
-        return cv2.cvtColor(resized, cv2.COLOR_RGB2GRAY).astype(np.float32)[..., np.newaxis]
+        gray = cv2.cvtColor(resized, cv2.COLOR_RGB2GRAY)
+        return (cv2.equalizeHist(gray) if equalize_histogram else gray).astype(np.float32)[..., np.newaxis]
+    if equalize_histogram:
+        raise ValueError("histogram equalisation needs channels = 1")
     return resized.astype(np.float32)
 
 
-def crop_face(photo: np.ndarray, box: FaceBox, margin: float, image_size: int, channels: int) -> np.ndarray:
+def crop_face(photo: np.ndarray, box: FaceBox, margin: float, image_size: int, channels: int,
+              equalize_histogram: bool = False) -> np.ndarray:
     """The model input for one face: the box with its margin, cropped and resized."""
     left, top, right, bottom = expand_box(box, margin, photo.shape[1], photo.shape[0])
-    return model_input(photo[top:bottom, left:right], image_size, channels)
+    return model_input(photo[top:bottom, left:right], image_size, channels, equalize_histogram)

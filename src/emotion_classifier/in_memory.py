@@ -36,7 +36,7 @@ ARRAYS_DIR_NAME = "arrays"
 
 
 def rows_key(frame: pd.DataFrame, images_root: str | Path, image_size: int, channels: int,
-             face_margin: float) -> str:
+             face_margin: float, equalize_histogram: bool = False) -> str:
     """A digest of everything the decoded arrays of ``frame`` depend on."""
     columns = [name for name in ("filename", "class_index", "face_x", "face_y", "face_width", "face_height")
                if name in frame.columns]
@@ -50,17 +50,21 @@ def rows_key(frame: pd.DataFrame, images_root: str | Path, image_size: int, chan
         "channels": int(channels),
         "face_margin": float(face_margin),
     }
+    if equalize_histogram:
+        # Only when on, so that the caches written before the setting existed stay valid.
+        settings["equalize_histogram"] = True
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def split_arrays(frame: pd.DataFrame, split_name: str, images_root: str | Path, processed_dir: str | Path,
-                 image_size: int, channels: int, face_margin: float) -> tuple[np.ndarray, np.ndarray, int]:
+                 image_size: int, channels: int, face_margin: float,
+                 equalize_histogram: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
     """``(images uint8, labels int32, files left out)`` of one split, decoded once then cached.
 
     Unreadable files are left out (logged, and counted in the third value) rather than
     stopping a long run; the manifest stage has already rejected every file it could not read.
     """
-    key = rows_key(frame, images_root, image_size, channels, face_margin)
+    key = rows_key(frame, images_root, image_size, channels, face_margin, equalize_histogram)
     folder = Path(processed_dir) / ARRAYS_DIR_NAME
     stem = f"{split_name}_{image_size}px_{channels}ch_{key}"
     images_path, labels_path, info_path = (folder / f"{stem}_images.npy", folder / f"{stem}_labels.npy",
@@ -73,13 +77,15 @@ def split_arrays(frame: pd.DataFrame, split_name: str, images_root: str | Path, 
         logger.warning("%s does not match its arrays; decoding %s again", info_path, split_name)
     images, labels = input_pipeline.load_arrays(
         frame, images_root, image_size, channels, face_margin, skip_unreadable=True, dtype="uint8",
+        equalize_histogram=equalize_histogram,
     )
     left_out = len(frame) - len(images)
     # The sidecar is written last: arrays without it are never trusted.
     files.save_npy(images_path, images)
     files.save_npy(labels_path, labels)
     files.write_json(info_path, {"split": split_name, "images": len(images), "left_out": left_out,
-                                 "image_size": image_size, "channels": channels, "face_margin": face_margin})
+                                 "image_size": image_size, "channels": channels, "face_margin": face_margin,
+                                 "equalize_histogram": equalize_histogram})
     # Older caches of the same split (another size, or an earlier split) are only dead weight.
     for older in folder.glob(f"{split_name}_*"):
         if not older.name.startswith(stem):

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from emotion_classifier import files
+from emotion_classifier import equalization, files
 from emotion_classifier.cli import PipelineError
 from emotion_classifier.manifest import FACE_BOX_COLUMNS, has_face_box, read_manifest
 
@@ -224,7 +224,8 @@ def jpeg_scale_denominator(crop_height: int, crop_width: int, image_size: int) -
 
 def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, channels: int,
                  batch_size: int, training: bool, generator_config, seed: int = 0,
-                 drop_remainder: bool = False, decode_counter: DecodeCounter | None = None):
+                 drop_remainder: bool = False, decode_counter: DecodeCounter | None = None,
+                 equalize_histogram: bool = False):
     """A ``tf.data.Dataset`` of ``(images, labels)`` batches for the rows of ``frame``.
 
     Images are float32 ``(batch, image_size, image_size, channels)`` with values in [0, 255];
@@ -245,11 +246,16 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
     at the reduced scale ``jpeg_scale_denominator`` picks for its own crop, then resized as
     usual: within a grey level or two of Pillow's full-size path (load_image), and about twice
     as fast on 512-pixel photos.
+
+    ``equalize_histogram`` (one channel only) equalises each image after resizing, before
+    augmentation, with the same pixels as load_image's (equalization.py).
     """
     import tensorflow as tf
 
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if equalize_histogram and channels != 1:
+        raise ValueError("histogram equalisation needs channels = 1")
     if image_size < 1 or batch_size < 1:
         raise ValueError(f"image_size and batch_size must be positive, got {image_size}, {batch_size}")
     if len(frame) == 0:
@@ -407,7 +413,10 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
     def read_one_image(path, box, label):
         """Crops of different sizes: each image is resized on its own."""
         image = to_float_gray(read_and_crop(path, box))
-        return resized_one(image, image_size, image_size, shrink_by_area=scaled_decoding), label
+        image = resized_one(image, image_size, image_size, shrink_by_area=scaled_decoding)
+        if equalize_histogram:
+            image = equalization.equalize_histogram_tf(image[tf.newaxis])[0]
+        return image, label
 
     def read_common_shape(path, box, label):
         """Crops of one size: the crop stays uint8 at its size; whole batches are resized later."""
@@ -426,6 +435,8 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
         if common_shape != (image_size, image_size):
             shrinking = common_shape[0] > image_size or common_shape[1] > image_size
             images = resized(images, image_size, image_size, antialias=shrinking)
+        if equalize_histogram:
+            images = equalization.equalize_histogram_tf(images)
         return images, batch_labels
 
     dataset = tf.data.Dataset.from_tensor_slices((paths, boxes, labels))
@@ -460,7 +471,7 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
 
 
 def load_image(path: str | Path, image_size: int, channels: int, box: Sequence[float] | None = None,
-               margin: float = 0.0) -> np.ndarray:
+               margin: float = 0.0, equalize_histogram: bool = False) -> np.ndarray:
     """One image as float32 ``(image_size, image_size, channels)`` with values in [0, 255].
 
     The EXIF orientation is applied first; grayscale, palette, RGBA (alpha dropped), CMYK and
@@ -469,6 +480,7 @@ def load_image(path: str | Path, image_size: int, channels: int, box: Sequence[f
     reduced to luma with the same weights as the tf.data path.
     A JPEG whose crop is at least twice ``image_size`` on each side is decoded at the reduced
     scale of ``jpeg_scale_denominator``, as the tf.data path does (the box scaled alike).
+    ``equalize_histogram`` (one channel only) equalises the result (equalization.py).
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -491,7 +503,10 @@ def load_image(path: str | Path, image_size: int, channels: int, box: Sequence[f
     pixels = np.asarray(image, dtype="float32")
     if channels == 1:
         pixels = (pixels @ GRAY_WEIGHTS)[..., np.newaxis]
-    return np.clip(pixels, 0.0, 255.0)
+    pixels = np.clip(pixels, 0.0, 255.0)
+    if equalize_histogram:
+        pixels = equalization.equalize_histogram(pixels)
+    return pixels
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -515,7 +530,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def load_arrays(frame: pd.DataFrame, images_root: str | Path, image_size: int, channels: int,
                 face_margin: float = 0.0, skip_unreadable: bool = False,
-                workers: int = 0, dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
+                workers: int = 0, dtype: str = "float32",
+                equalize_histogram: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """All rows of ``frame`` decoded with Pillow: ``(images, labels int32)``.
 
     The crops and sizes are those of ``make_dataset`` (without augmentation), in the frame's
@@ -535,7 +551,7 @@ def load_arrays(frame: pd.DataFrame, images_root: str | Path, image_size: int, c
     def decode(index: int) -> None:
         box = boxes[index] if boxes[index, 2] > 0 else None
         try:
-            pixels = load_image(paths[index], image_size, channels, box, face_margin)
+            pixels = load_image(paths[index], image_size, channels, box, face_margin, equalize_histogram)
             images[index] = np.round(pixels) if rounding else pixels
         except (OSError, ValueError, Image.DecompressionBombError) as error:
             if not skip_unreadable:
@@ -609,7 +625,7 @@ class ImageBatches(ShuffledBatches):
 
     def __init__(self, frame: pd.DataFrame, images_root: str | Path, image_size: int, channels: int,
                  batch_size: int, training: bool, generator_config, seed: int = 0,
-                 max_batches: int = 0, workers: int = 1):
+                 max_batches: int = 0, workers: int = 1, equalize_histogram: bool = False):
         if len(frame) == 0:
             raise ValueError("ImageBatches needs at least one row")
         super().__init__(len(frame), batch_size, training, seed, max_batches, workers)
@@ -619,6 +635,7 @@ class ImageBatches(ShuffledBatches):
         self.image_size = image_size
         self.channels = channels
         self.margin = float(generator_config.face_margin)
+        self.equalize_histogram = equalize_histogram
         self.unreadable_files: list[str] = []
         from emotion_classifier import in_memory  # in_memory builds on this module
 
@@ -630,7 +647,8 @@ class ImageBatches(ShuffledBatches):
         for index in indices:
             box = self.boxes[index] if self.boxes[index, 2] > 0 else None
             try:
-                images.append(load_image(self.paths[index], self.image_size, self.channels, box, self.margin))
+                images.append(load_image(self.paths[index], self.image_size, self.channels, box, self.margin,
+                                         self.equalize_histogram))
             except (OSError, ValueError, Image.DecompressionBombError) as error:
                 logger.warning("skipping unreadable image %s: %s", self.paths[index], error)
                 self.unreadable_files.append(self.paths[index])
@@ -675,7 +693,8 @@ def run(config, force: bool = False) -> int:
         from emotion_classifier import in_memory, training
 
         arrays = in_memory.split_arrays(training_rows, "train", config.paths.images_root, config.paths.processed,
-                                        model_config.image_size, model_config.channels, generator_config.face_margin)
+                                        model_config.image_size, model_config.channels, generator_config.face_margin,
+                                        equalize_histogram=model_config.equalize_histogram)
         batches = in_memory.ArrayBatches(
             arrays[0], arrays[1], model_config.batch_size, training=True, seed=generator_config.seed,
             augmentation=in_memory.FaceAugmentation.from_config(generator_config),
@@ -687,7 +706,7 @@ def run(config, force: bool = False) -> int:
         dataset = make_dataset(
             training_rows, config.paths.images_root, model_config.image_size, model_config.channels,
             model_config.batch_size, training=True, generator_config=generator_config,
-            seed=generator_config.seed,
+            seed=generator_config.seed, equalize_histogram=model_config.equalize_histogram,
         )
         iterator = (tuple(part.numpy() for part in batch) for batch in dataset.repeat())
 

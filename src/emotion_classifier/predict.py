@@ -77,6 +77,7 @@ class FaceClassifier(Protocol):
     classes: list[str]
     image_size: int
     channels: int
+    equalize_histogram: bool
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities, shape (batch, classes), for float32 images in [0, 255]."""
@@ -93,6 +94,7 @@ class KerasFaceClassifier:
         self.classes = list(info["classes"])
         self.image_size = int(info["image_size"])
         self.channels = int(info["channels"])
+        self.equalize_histogram = bool(info.get("equalize_histogram", False))
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         return np.asarray(self.model.predict_on_batch(images), dtype=np.float32)
@@ -119,6 +121,7 @@ class TFLiteFaceClassifier:
         self.classes = list(info["classes"])
         self.image_size = int(info["image_size"])
         self.channels = int(info["channels"])
+        self.equalize_histogram = bool(info.get("equalize_histogram", False))
         try:
             self.interpreter = Interpreter(model_path=str(tflite_path), num_threads=threads or os.cpu_count())
         except ValueError as error:
@@ -293,12 +296,13 @@ def _find_regions(path: Path, file: str, detector: faces.FaceDetector, classifie
             left, top, right, bottom = region
             result.regions.append(region)
             result.crops.append(faces.model_input(photo[top:bottom, left:right], classifier.image_size,
-                                                  classifier.channels))
+                                                  classifier.channels, classifier.equalize_histogram))
         is_face_crop = max(photo.shape[:2]) <= settings.face_crop_max_side
         if not boxes and (settings.classify_whole_if_no_face or is_face_crop):
             result.status = WHOLE_IMAGE
             result.regions.append((0, 0, photo.shape[1], photo.shape[0]))
-            result.crops.append(faces.model_input(photo, classifier.image_size, classifier.channels))
+            result.crops.append(faces.model_input(photo, classifier.image_size, classifier.channels,
+                                                  classifier.equalize_histogram))
     return result
 
 

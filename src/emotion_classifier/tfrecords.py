@@ -47,12 +47,16 @@ def shard_folder(config, model_config, split: str) -> Path:
     generator = config.generator
     root = Path(generator.tfrecord_dir) if generator.tfrecord_dir else Path(config.paths.processed) / "tfrecords"
     size = model_config.image_size
-    return root / f"{split}_{size}x{size}x{model_config.channels}"
+    equalized = "_equalized" if model_config.equalize_histogram else ""
+    return root / f"{split}_{size}x{size}x{model_config.channels}{equalized}"
 
 
-def rows_fingerprint(frame: pd.DataFrame, image_size: int, channels: int, face_margin: float) -> str:
+def rows_fingerprint(frame: pd.DataFrame, image_size: int, channels: int, face_margin: float,
+                     equalize_histogram: bool = False) -> str:
     """A digest of what the shards hold: every row's file, label and face box, and the sizes."""
-    digest = hashlib.sha256(f"v{FORMAT_VERSION}|{image_size}|{channels}|{face_margin!r}\n".encode())
+    # "|equalized" only when on, so that shards written before the setting existed stay valid.
+    equalized = "|equalized" if equalize_histogram else ""
+    digest = hashlib.sha256(f"v{FORMAT_VERSION}|{image_size}|{channels}|{face_margin!r}{equalized}\n".encode())
     boxes = input_pipeline._face_boxes(frame)
     digest.update("\n".join(frame["filename"].astype(str)).encode())
     digest.update(frame["class_index"].to_numpy(dtype="int64").tobytes())
@@ -72,7 +76,7 @@ def _example_bytes(pixels: np.ndarray, label: int) -> bytes:
 
 def write_shards(frame: pd.DataFrame, images_root: str | Path, destination: str | Path, image_size: int,
                  channels: int, face_margin: float = 0.0, shard_images: int = 2000, workers: int = 0,
-                 seed: int = 0, progress: bool = True) -> dict:
+                 seed: int = 0, progress: bool = True, equalize_histogram: bool = False) -> dict:
     """Write the rows of ``frame`` as TFRecord shards in ``destination``; return the index.
 
     Rows are shuffled (seeded) before they are dealt into shards, so that every shard mixes
@@ -111,7 +115,8 @@ def write_shards(frame: pd.DataFrame, images_root: str | Path, destination: str 
                 for row in shard_rows[shard_index]:
                     box = boxes[row] if boxes[row, 2] > 0 else None
                     try:
-                        image = input_pipeline.load_image(paths[row], image_size, channels, box, face_margin)
+                        image = input_pipeline.load_image(paths[row], image_size, channels, box, face_margin,
+                                                          equalize_histogram)
                     except (OSError, ValueError, Image.DecompressionBombError) as error:
                         logger.warning("leaving unreadable image %s out of the shards: %s", paths[row], error)
                         unreadable.append(str(paths[row]))
@@ -129,7 +134,8 @@ def write_shards(frame: pd.DataFrame, images_root: str | Path, destination: str 
     bar.close()
     index = {
         "format_version": FORMAT_VERSION,
-        "fingerprint": rows_fingerprint(frame, image_size, channels, face_margin),
+        "fingerprint": rows_fingerprint(frame, image_size, channels, face_margin, equalize_histogram),
+        "equalize_histogram": bool(equalize_histogram),
         "image_size": int(image_size),
         "channels": int(channels),
         "face_margin": float(face_margin),
@@ -147,7 +153,8 @@ def ensure_shards(config, model_config, frame: pd.DataFrame, split: str, progres
     """The shard folder of ``split`` and its index, writing the shards first when out of date."""
     folder = shard_folder(config, model_config, split)
     generator = config.generator
-    fingerprint = rows_fingerprint(frame, model_config.image_size, model_config.channels, generator.face_margin)
+    fingerprint = rows_fingerprint(frame, model_config.image_size, model_config.channels, generator.face_margin,
+                                   model_config.equalize_histogram)
     index_path = folder / INDEX_NAME
     if index_path.is_file():
         index = files.read_json(index_path)
@@ -159,7 +166,7 @@ def ensure_shards(config, model_config, frame: pd.DataFrame, split: str, progres
     index = write_shards(
         frame, config.paths.images_root, folder, model_config.image_size, model_config.channels,
         generator.face_margin, generator.tfrecord_shard_images, generator.tfrecord_workers,
-        seed=generator.seed, progress=progress,
+        seed=generator.seed, progress=progress, equalize_histogram=model_config.equalize_histogram,
     )
     return folder, index
 

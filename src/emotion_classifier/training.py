@@ -351,6 +351,9 @@ def _run_fingerprint(config, section_name: str) -> str:
     model_settings.pop("strategy")
     # Calibration is applied to a finished run's best model; it does not change training.
     model_settings.pop("decision_calibration")
+    # Runs from before the setting existed were trained without it: their fingerprint stays.
+    if not model_settings.get("equalize_histogram"):
+        model_settings.pop("equalize_histogram", None)
     settings = {
         "section": section_name,
         "model": model_settings,
@@ -416,6 +419,7 @@ def _write_run_description(config, run_dir: Path, classes: list[str], model_conf
     model_io.save_model_info(
         run_dir / BEST_MODEL_NAME, classes, model_config.image_size, model_config.channels,
         run_name=model_config.run_name, preset=model_config.preset,
+        equalize_histogram=model_config.equalize_histogram,
     )
 
 
@@ -456,10 +460,11 @@ def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_r
             training_data = input_pipeline.make_dataset(
                 training_rows, *shape, training=True, generator_config=config.generator, seed=model_config.seed,
                 drop_remainder=drop_remainder, decode_counter=counter,
+                equalize_histogram=model_config.equalize_histogram,
             )
             validation_data = input_pipeline.make_dataset(
                 validation_rows, *shape, training=False, generator_config=config.generator,
-                decode_counter=counter,
+                decode_counter=counter, equalize_histogram=model_config.equalize_histogram,
             )
         # Repeated, so that capped epochs keep drawing new batches instead of running dry.
         training_data = distribute.shard_for_workers(training_data.repeat(), strategy)
@@ -473,6 +478,7 @@ def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_r
             images, labels, skipped = in_memory.split_arrays(
                 rows, split_name, config.paths.images_root, config.paths.processed,
                 model_config.image_size, model_config.channels, config.generator.face_margin,
+                equalize_histogram=model_config.equalize_histogram,
             )
             arrays[split_name] = (images, labels)
             left_out += skipped
@@ -491,9 +497,11 @@ def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_r
     training_data = input_pipeline.ImageBatches(
         training_rows, *shape, training=True, generator_config=config.generator,
         seed=model_config.seed, max_batches=steps, workers=workers,
+        equalize_histogram=model_config.equalize_histogram,
     )
     validation_data = input_pipeline.ImageBatches(
         validation_rows, *shape, training=False, generator_config=config.generator, workers=workers,
+        equalize_histogram=model_config.equalize_histogram,
     )
     return training_data, validation_data, steps, (
         lambda: len(training_data.unreadable_files) + len(validation_data.unreadable_files))
