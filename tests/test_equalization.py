@@ -96,3 +96,30 @@ def test_the_setting_trains_travels_with_the_model_and_is_refused_for_colour(tmp
     config.model_4.channels = 3
     with pytest.raises(ConfigError, match="equalize_histogram"):
         validate(config)
+
+
+def test_contrast_check_tool_reports_raw_and_equalised_scores(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from model_fixtures import save_tiny_model
+
+    project_root = Path(__file__).resolve().parents[1]
+    dataset = tmp_path / "val"
+    copy_fer_images(dataset, per_class=3, classes=("happy", "sad", "angry"), subset="val")
+    model_path = save_tiny_model(tmp_path / "run" / "best.keras", ["happy", "sad", "anger"], channels=1)
+    output = tmp_path / "contrast.json"
+    finished = subprocess.run(
+        [sys.executable, str(project_root / "tools" / "contrast_check.py"), "--model", str(model_path),
+         "--dataset", str(dataset), "--output", str(output)],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True, timeout=300,
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    report = json.loads(output.read_text())
+    # angry/ is FER's name for the model's "anger": all nine faces are scored.
+    assert report["images"] == 9 and len(report["results"]) == 5
+    for row in report["results"]:
+        for key in ("raw_accuracy", "equalised_accuracy", "raw_macro_f1", "equalised_macro_f1"):
+            assert 0.0 <= row[key] <= 1.0
