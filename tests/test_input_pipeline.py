@@ -370,3 +370,18 @@ def test_generator_stage_writes_preview_and_skips_when_up_to_date(tmp_path, caps
     assert summary["images_per_second"] > 0 and summary["value_range"][1] <= 255.0
     assert input_pipeline.run(config) == 0
     assert "up to date" in capsys.readouterr().out
+
+
+def test_grey_images_load_as_their_rgb_copies_do(tmp_path):
+    # load_image resizes an 8-bit grey image as its one channel; the pixels must be those of
+    # the same image stored as RGB (the general route), in both channel counts.
+    filenames, _ = copy_fer_images(tmp_path, per_class=2)
+    for filename in filenames:
+        grey_path = tmp_path / filename
+        with Image.open(grey_path) as grey:
+            assert grey.mode == "L"
+            rgb_path = tmp_path / f"{filename}.rgb.png"
+            grey.convert("RGB").save(rgb_path)
+        for size, channels, box in ((40, 1, (5, 6, 30, 36)), (112, 3, None), (48, 1, None), (30, 3, (4, 4, 40, 40))):
+            np.testing.assert_allclose(load_image(grey_path, size, channels, box, 0.1),
+                                       load_image(rgb_path, size, channels, box, 0.1), atol=1e-4)
