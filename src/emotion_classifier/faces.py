@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from emotion_classifier import equalization
 from emotion_classifier.cli import PipelineError
 from emotion_classifier.config import PredictConfig
 
@@ -255,8 +256,8 @@ def model_input(region: np.ndarray, image_size: int, channels: int, equalize_his
         region, (image_size, image_size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
     )
     if channels == 1:
-        gray = cv2.cvtColor(resized, cv2.COLOR_RGB2GRAY)
-        return (cv2.equalizeHist(gray) if equalize_histogram else gray).astype(np.float32)[..., np.newaxis]
+        gray = cv2.cvtColor(resized, cv2.COLOR_RGB2GRAY).astype(np.float32)[..., np.newaxis]
+        return equalization.equalize_histogram(gray) if equalize_histogram else gray
     if equalize_histogram:
         raise ValueError("histogram equalisation needs channels = 1")
     return resized.astype(np.float32)
