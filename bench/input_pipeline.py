@@ -13,7 +13,11 @@ RGB JPEGs with a face box (like AffectNet's photos):
 6. ``ours_default_cached``: the file pipeline with ``[generator] cache = true`` (decoded crops
    kept in memory after the first pass; timed from the second pass on);
 7. ``tfrecords_default``: reading decoded, cropped images back from TFRecord shards
-   (``[generator] source = "tfrecords"``), with the time it took to write them.
+   (``[generator] source = "tfrecords"``), with the time it took to write them;
+8. ``ours_default_resize_in_model`` and ``ours_default_augmented_resize_in_model``: rows 4 and 3
+   for a model built with ``resize_in_model = true``, which enlarges its inputs itself: crops
+   smaller than the training size (FER2013's) are batched and augmented at their own size;
+   larger ones (the 512-pixel photos) are still shrunk here, so those rows repeat rows 4 and 3.
 
 The decode-only ceiling decodes each file at its own size; at the default training size our
 pipeline also resizes every image (FER2013's 48-pixel faces are enlarged to 112, a float
@@ -71,9 +75,9 @@ def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: 
     size = common.DEFAULT_TRAINING_SIZE
     results: dict[str, float] = {}
 
-    def ours(image_size: int, generator_config):
+    def ours(image_size: int, generator_config, resize_in_model: bool = False):
         dataset = input_pipeline.make_dataset(frame, images_root, image_size, 3, BATCH_SIZE, training=True,
-                                              generator_config=generator_config)
+                                              generator_config=generator_config, resize_in_model=resize_in_model)
         return dataset.repeat()
 
     results["original"] = common.time_batches(original_loader_batches(paths * 4, BATCH_SIZE // 4), original_images)
@@ -81,6 +85,10 @@ def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: 
     results["ours_default_augmented"] = common.time_batches(ours(size, augmented), images_wanted)
     results["ours_default"] = common.time_batches(ours(size, plain), images_wanted)
     results["decode_only"] = common.time_batches(decode_only(paths, BATCH_SIZE), images_wanted)
+    # For a model that enlarges its inputs itself (resize_in_model): crops smaller than the
+    # training size leave the pipeline at their own size (larger ones are resized as above).
+    results["ours_default_resize_in_model"] = common.time_batches(ours(size, plain, True), images_wanted)
+    results["ours_default_augmented_resize_in_model"] = common.time_batches(ours(size, augmented, True), images_wanted)
     cached = iter(ours(size, dataclasses.replace(plain, cache=True)))
     for _ in range(len(frame) // BATCH_SIZE + 2):  # the first pass, which fills the cache
         next(cached)
@@ -98,6 +106,11 @@ def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: 
                  "images_per_second": round(results["ours_256"] / results["original"], 1)})
     rows.append({"dataset": name, "variant": "ratio ours_default / decode_only",
                  "images_per_second": round(results["ours_default"] / results["decode_only"], 3)})
+    rows.append({"dataset": name, "variant": "ratio ours_default_resize_in_model / decode_only",
+                 "images_per_second": round(results["ours_default_resize_in_model"] / results["decode_only"], 3)})
+    rows.append({"dataset": name, "variant": "ratio augmented_resize_in_model / augmented",
+                 "images_per_second": round(results["ours_default_augmented_resize_in_model"]
+                                            / results["ours_default_augmented"], 2)})
     rows.append({"dataset": name, "variant": "ratio ours_default_cached / decode_only",
                  "images_per_second": round(results["ours_default_cached"] / results["decode_only"], 3)})
     rows.append({"dataset": name, "variant": "ratio tfrecords_default / decode_only",

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -385,3 +386,30 @@ def test_grey_images_load_as_their_rgb_copies_do(tmp_path):
         for size, channels, box in ((40, 1, (5, 6, 30, 36)), (112, 3, None), (48, 1, None), (30, 3, (4, 4, 40, 40))):
             np.testing.assert_allclose(load_image(grey_path, size, channels, box, 0.1),
                                        load_image(rgb_path, size, channels, box, 0.1), atol=1e-4)
+
+
+def test_resize_in_model_hands_small_crops_over_at_their_own_size(tmp_path):
+    from emotion_classifier.models import ResizeImages
+
+    config = write_split_fixture(tmp_path, per_class=4)
+    frame = pd.read_csv(config.paths.split_manifest)
+    root = config.paths.images_root
+    plain = GeneratorConfig(augment=False, parallel_calls=2)
+
+    def first_images(image_size, generator_config=plain, training=False, **options):
+        dataset = input_pipeline.make_dataset(frame, root, image_size, 1, 4, training=training,
+                                              generator_config=generator_config, **options)
+        return next(iter(dataset))[0].numpy()
+
+    native = first_images(64, resize_in_model=True)
+    host = first_images(64)
+    assert native.shape == (4, 48, 48, 1) and host.shape == (4, 64, 64, 1)
+    # The model's first layer turns the handed-over faces into the pixels the host would give.
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(ResizeImages(64, 64)(native)), host, atol=1e-3)
+    # Training batches are augmented at the crops' size.
+    augmented = first_images(64, GeneratorConfig(augment=True, parallel_calls=2), training=True, resize_in_model=True)
+    assert augmented.shape == (4, 48, 48, 1) and 0 <= augmented.min() and augmented.max() <= 255
+    # Crops larger than the model's input are shrunk here (antialiased), and equalised images
+    # are equalised on the model's grid, so both still leave at the input size.
+    assert first_images(32, resize_in_model=True).shape == (4, 32, 32, 1)
+    assert first_images(64, resize_in_model=True, equalize_histogram=True).shape == (4, 64, 64, 1)

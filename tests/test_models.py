@@ -137,3 +137,39 @@ def test_build_model_dispatches_on_the_section_name():
     assert build_model("model_6", config.model_6, 3).name == "model_6"
     with pytest.raises(ValueError):
         build_model("model_5", config.model_4, 3)
+
+
+def test_a_model_that_resizes_its_inputs_computes_what_host_resizing_gives(tmp_path):
+    import tensorflow as tf
+
+    from emotion_classifier import export
+
+    plain = models.build_vgg((64, 64, 1), 3, conv_filters=(4, 8), dense_units=(8,))
+    resizing = models.build_vgg((64, 64, 1), 3, conv_filters=(4, 8), dense_units=(8,), resize_in_model=True)
+    resizing.set_weights(plain.get_weights())
+    assert resizing.input_shape == (None, None, None, 1)
+    assert models.model_input_size(resizing) == (64, 64) == models.model_input_size(plain)
+    small = np.random.default_rng(3).uniform(0, 255, (2, 48, 48, 1)).astype("float32")
+    # What the input pipeline computes when it enlarges on the host.
+    enlarged = tf.image.resize(small, (64, 64), method="bilinear").numpy()
+    expected = keras.ops.convert_to_numpy(plain(enlarged))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(resizing(small)), expected, atol=1e-5)
+    # Images at the input size (evaluation, prediction) pass through unchanged.
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(resizing(enlarged)), expected, atol=1e-6)
+
+    path = tmp_path / "resizing.keras"
+    resizing.save(path)
+    restored = keras.saving.load_model(path, safe_mode=True, compile=False)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(restored(small)), expected, atol=1e-5)
+    # Exported for its input size, with BatchNormalization in inference mode (see ResizeImages).
+    served = tf.saved_model.load(str(export.write_saved_model(restored, tmp_path / "saved_model")))
+    signature = served.signatures["serving_default"].structured_input_signature[1]
+    assert [spec.shape.as_list() for spec in signature.values()] == [[None, 64, 64, 1]]
+    np.testing.assert_allclose(served.serve(enlarged).numpy(), expected, atol=1e-5)
+
+
+def test_model_6_resizing_its_inputs_takes_grey_faces_of_any_size():
+    model = build_model_6((32, 32, 1), 3, weights="none", frozen_fraction=1.0, resize_in_model=True)
+    probabilities = keras.ops.convert_to_numpy(model(np.full((2, 24, 24, 1), 100.0, dtype="float32")))
+    assert probabilities.shape == (2, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)

@@ -161,3 +161,31 @@ def test_an_image_that_fails_to_decode_during_training_is_skipped_counted_and_re
     assert metrics["skipped_images"].iloc[0] >= 1
     assert "could not be decoded and were skipped" in capsys.readouterr().out
     model_io.load_trained_model(run_dir / "best.keras")
+
+
+def test_a_model_that_resizes_its_inputs_trains_on_faces_at_their_own_size(tmp_path):
+    config = tiny_config(tmp_path)
+    config.model_4.image_size = 64  # FER's 48-pixel faces are enlarged by the model
+    config.model_4.resize_in_model = True
+    run_dir = training.train(config, "model_4")
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    assert metrics["epoch"].tolist() == [0, 1] and np.isfinite(metrics["val_loss"]).all()
+    model, info = model_io.load_trained_model(run_dir / "best.keras")
+    assert info["image_size"] == 64 and model.input_shape == (None, None, None, 1)
+    # What evaluation and prediction feed (the model's input size) and the faces' own size agree.
+    faces = np.random.default_rng(0).uniform(0, 255, (2, 48, 48, 1)).astype("float32")
+    import tensorflow as tf
+
+    enlarged = tf.image.resize(faces, (64, 64), method="bilinear").numpy()
+    np.testing.assert_allclose(model.predict(faces, verbose=0), model.predict(enlarged, verbose=0), atol=1e-5)
+
+
+def test_settings_added_later_leave_earlier_runs_fingerprints_alone(tmp_path):
+    config = tiny_config(tmp_path)
+    before = training._run_fingerprint(config, "model_4")
+    config.model_4.resize_in_model = True
+    assert training._run_fingerprint(config, "model_4") != before
+    config.model_4.resize_in_model = False
+    assert training._run_fingerprint(config, "model_4") == before
+    settings = config.to_dict()["model_4"]
+    assert {"resize_in_model", "equalize_histogram"} <= set(settings)

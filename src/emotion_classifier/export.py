@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emotion_classifier import cli, files, model_io
+from emotion_classifier import cli, files, model_io, models
 from emotion_classifier.cli import PipelineError
 from emotion_classifier.config import Config
 
@@ -47,11 +47,21 @@ def tflite_name(variant: str) -> str:
 
 
 def write_saved_model(model, directory: str | Path) -> Path:
-    """Write ``model`` as a TensorFlow SavedModel, replacing ``directory`` only once it is complete."""
+    """Write ``model`` as a TensorFlow SavedModel, replacing ``directory`` only once it is complete.
+
+    A model that takes images of any size (``resize_in_model``) is exported for its own input
+    size, as everything else feeds it: TFLite's converters want fixed input shapes.
+    """
     directory = Path(directory)
     temporary = directory.with_name(f".{directory.name}.partial")
     shutil.rmtree(temporary, ignore_errors=True)
-    model.export(str(temporary), format="tf_saved_model", verbose=False)
+    input_signature = None
+    if None in model.input_shape[1:3]:
+        import tensorflow as tf
+
+        height, width = models.model_input_size(model)
+        input_signature = [tf.TensorSpec((None, height, width, model.input_shape[3]), tf.float32, name="image")]
+    model.export(str(temporary), format="tf_saved_model", verbose=False, input_signature=input_signature)
     shutil.rmtree(directory, ignore_errors=True)
     temporary.rename(directory)
     return directory

@@ -225,7 +225,7 @@ def jpeg_scale_denominator(crop_height: int, crop_width: int, image_size: int) -
 def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, channels: int,
                  batch_size: int, training: bool, generator_config, seed: int = 0,
                  drop_remainder: bool = False, decode_counter: DecodeCounter | None = None,
-                 equalize_histogram: bool = False):
+                 equalize_histogram: bool = False, resize_in_model: bool = False):
     """A ``tf.data.Dataset`` of ``(images, labels)`` batches for the rows of ``frame``.
 
     Images are float32 ``(batch, image_size, image_size, channels)`` with values in [0, 255];
@@ -249,6 +249,11 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
 
     ``equalize_histogram`` (one channel only) equalises each image after resizing, before
     augmentation, with the same pixels as load_image's (equalization.py).
+
+    ``resize_in_model`` is for models that resize their own inputs (models.model_inputs): when
+    the crops have one size no larger than ``image_size``, batches keep that
+    size, are augmented at it, and the model enlarges them. Larger or mixed
+    sizes, and equalised images (equalised on the model's grid), are resized here as usual.
     """
     import tensorflow as tf
 
@@ -272,6 +277,11 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
     # decoding a large JPEG, and FER-sized images never pay it.
     scaled_decoding = bool(sampled_shapes) and min(min(shape) for shape in sampled_shapes) >= 2 * image_size
     common_shape = None if scaled_decoding else _common_crop_shape(paths, boxes, margin, sampled_shapes)
+    # The size batches leave the pipeline at: the crops' own when the model enlarges them.
+    output_shape = (image_size, image_size)
+    if resize_in_model and not equalize_histogram and common_shape is not None \
+            and common_shape[0] <= image_size and common_shape[1] <= image_size:
+        output_shape = tuple(common_shape)
     boxed_rows = int((boxes[:, 2] > 0).sum())
     jpeg_names_only = all(Path(path).suffix.lower() in (".jpg", ".jpeg") for path in paths)
     if training:
@@ -432,7 +442,7 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
 
     def resize_batch(images, batch_labels):
         images = to_float_gray(images)
-        if common_shape != (image_size, image_size):
+        if common_shape != output_shape:
             shrinking = common_shape[0] > image_size or common_shape[1] > image_size
             images = resized(images, image_size, image_size, antialias=shrinking)
         if equalize_histogram:

@@ -351,9 +351,10 @@ def _run_fingerprint(config, section_name: str) -> str:
     model_settings.pop("strategy")
     # Calibration is applied to a finished run's best model; it does not change training.
     model_settings.pop("decision_calibration")
-    # Runs from before the setting existed were trained without it: their fingerprint stays.
-    if not model_settings.get("equalize_histogram"):
-        model_settings.pop("equalize_histogram", None)
+    # Runs from before these settings existed were trained without them: their fingerprint stays.
+    for added_later in ("equalize_histogram", "resize_in_model"):
+        if not model_settings.get(added_later):
+            model_settings.pop(added_later, None)
     settings = {
         "section": section_name,
         "model": model_settings,
@@ -460,11 +461,12 @@ def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_r
             training_data = input_pipeline.make_dataset(
                 training_rows, *shape, training=True, generator_config=config.generator, seed=model_config.seed,
                 drop_remainder=drop_remainder, decode_counter=counter,
-                equalize_histogram=model_config.equalize_histogram,
+                equalize_histogram=model_config.equalize_histogram, resize_in_model=model_config.resize_in_model,
             )
             validation_data = input_pipeline.make_dataset(
                 validation_rows, *shape, training=False, generator_config=config.generator,
                 decode_counter=counter, equalize_histogram=model_config.equalize_histogram,
+                resize_in_model=model_config.resize_in_model,
             )
         # Repeated, so that capped epochs keep drawing new batches instead of running dry.
         training_data = distribute.shard_for_workers(training_data.repeat(), strategy)
