@@ -17,7 +17,10 @@ RGB JPEGs with a face box (like AffectNet's photos):
 8. ``ours_default_resize_in_model`` and ``ours_default_augmented_resize_in_model``: rows 4 and 3
    for a model built with ``resize_in_model = true``, which enlarges its inputs itself: crops
    smaller than the training size (FER2013's) are batched and augmented at their own size;
-   larger ones (the 512-pixel photos) are still shrunk here, so those rows repeat rows 4 and 3.
+   larger ones (the 512-pixel photos) are still shrunk here, so those rows repeat rows 4 and 3;
+9. ``memory_augmented`` and ``memory_augmented_resize_in_model``: ``input_mode = "memory"``'s
+   host-side augmentation (OpenCV, one thread) of decoded arrays at the training size and at
+   the size handed to a model with ``resize_in_model``.
 
 The decode-only ceiling decodes each file at its own size; at the default training size our
 pipeline also resizes every image (FER2013's 48-pixel faces are enlarged to 112, a float
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import tempfile
 from pathlib import Path
 
@@ -41,7 +45,7 @@ import numpy as np
 
 import common
 
-from emotion_classifier import input_pipeline, tfrecords  # noqa: E402  (path set by common)
+from emotion_classifier import in_memory, input_pipeline, tfrecords  # noqa: E402  (path set by common)
 from emotion_classifier.config import GeneratorConfig  # noqa: E402
 
 BATCH_SIZE = 64
@@ -89,6 +93,16 @@ def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: 
     # training size leave the pipeline at their own size (larger ones are resized as above).
     results["ours_default_resize_in_model"] = common.time_batches(ours(size, plain, True), images_wanted)
     results["ours_default_augmented_resize_in_model"] = common.time_batches(ours(size, augmented, True), images_wanted)
+    # input_mode "memory" (the path of backends without TensorFlow): augmenting decoded arrays on
+    # the host with OpenCV, one thread, at the training size and at the size handed to a model
+    # that resizes its own inputs.
+    for variant, resize_in_model in (("memory_augmented", False), ("memory_augmented_resize_in_model", True)):
+        host_size = input_pipeline.handover_size(frame, images_root, size, 0.0, resize_in_model)
+        images, labels = input_pipeline.load_arrays(frame, images_root, host_size, 3, dtype="uint8")
+        batches = in_memory.ArrayBatches(images, labels, BATCH_SIZE, training=True,
+                                         augmentation=in_memory.FaceAugmentation.from_config(augmented))
+        results[variant] = common.time_batches(
+            (batches[index % len(batches)] for index in itertools.count()), images_wanted // 2)
     cached = iter(ours(size, dataclasses.replace(plain, cache=True)))
     for _ in range(len(frame) // BATCH_SIZE + 2):  # the first pass, which fills the cache
         next(cached)
@@ -111,6 +125,9 @@ def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: 
     rows.append({"dataset": name, "variant": "ratio augmented_resize_in_model / augmented",
                  "images_per_second": round(results["ours_default_augmented_resize_in_model"]
                                             / results["ours_default_augmented"], 2)})
+    rows.append({"dataset": name, "variant": "ratio memory_augmented_resize_in_model / memory_augmented",
+                 "images_per_second": round(results["memory_augmented_resize_in_model"]
+                                            / results["memory_augmented"], 2)})
     rows.append({"dataset": name, "variant": "ratio ours_default_cached / decode_only",
                  "images_per_second": round(results["ours_default_cached"] / results["decode_only"], 3)})
     rows.append({"dataset": name, "variant": "ratio tfrecords_default / decode_only",

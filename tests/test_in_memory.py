@@ -161,10 +161,15 @@ JAX_CHILD = textwrap.dedent("""
     import pathlib
     config = tiny_config(pathlib.Path(sys.argv[1]) / "run", input_mode="memory", epochs=2)
     run_dir = training.train(config, "model_4")
+    # A model that enlarges FER's 48-pixel faces itself, on JAX.
+    resizing = tiny_config(pathlib.Path(sys.argv[1]) / "resizing", input_mode="memory", epochs=1)
+    resizing.model_4.image_size = 64
+    resizing.model_4.resize_in_model = True
+    resizing_dir = training.train(resizing, "model_4")
     try:
         import tensorflow  # noqa: F401
     except ImportError:
-        print("RUN", run_dir)
+        print("RUN", run_dir, resizing_dir)
 """)
 
 
@@ -179,13 +184,21 @@ def test_memory_training_runs_on_the_jax_backend_without_tensorflow(tmp_path):
     result = subprocess.run([sys.executable, "-c", JAX_CHILD, str(tmp_path), str(PROJECT_ROOT / "tests")],
                             capture_output=True, text=True, env=environment, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    run_dir = Path(result.stdout.split("RUN", 1)[1].strip())
+    run_dir, resizing_dir = (Path(name) for name in result.stdout.split("RUN", 1)[1].split())
     summary = json.loads((run_dir / "training_summary.json").read_text())
     assert summary["keras_backend"] == "jax" and summary["epochs_run"] == 2
     # The model a JAX run saves loads and predicts with this process's TensorFlow backend.
     model, _ = model_io.load_trained_model(run_dir / "best.keras")
     probabilities = model.predict(np.full((2, 32, 32, 1), 100.0, dtype="float32"), verbose=0)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    # Trained on 48-pixel arrays under JAX; faces at its input size give the same answers here.
+    import tensorflow as tf
+
+    model, info = model_io.load_trained_model(resizing_dir / "best.keras")
+    assert info["image_size"] == 64 and model.input_shape == (None, None, None, 1)
+    faces = np.random.default_rng(0).uniform(0, 255, (2, 48, 48, 1)).astype("float32")
+    enlarged = tf.image.resize(faces, (64, 64), method="bilinear").numpy()
+    np.testing.assert_allclose(model.predict(faces, verbose=0), model.predict(enlarged, verbose=0), atol=1e-5)
 
 
 def test_mixup_blends_images_and_labels_alike_and_only_in_training():

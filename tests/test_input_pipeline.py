@@ -413,3 +413,14 @@ def test_resize_in_model_hands_small_crops_over_at_their_own_size(tmp_path):
     # are equalised on the model's grid, so both still leave at the input size.
     assert first_images(32, resize_in_model=True).shape == (4, 32, 32, 1)
     assert first_images(64, resize_in_model=True, equalize_histogram=True).shape == (4, 64, 64, 1)
+
+
+def test_handover_size_is_the_faces_own_only_for_models_that_enlarge_them(tmp_path):
+    config = write_split_fixture(tmp_path, per_class=3)
+    frame = pd.read_csv(config.paths.split_manifest)
+    root = config.paths.images_root
+    assert input_pipeline.handover_size(frame, root, 64, 0.0, resize_in_model=True) == 48
+    assert input_pipeline.handover_size(frame, root, 48, 0.0, resize_in_model=True) == 48
+    assert input_pipeline.handover_size(frame, root, 32, 0.0, resize_in_model=True) == 32  # shrunk on the host
+    assert input_pipeline.handover_size(frame, root, 64, 0.0, resize_in_model=False) == 64
+    assert input_pipeline.handover_size(frame, root, 64, 0.0, resize_in_model=True, equalize_histogram=True) == 64

@@ -189,3 +189,20 @@ def test_settings_added_later_leave_earlier_runs_fingerprints_alone(tmp_path):
     assert training._run_fingerprint(config, "model_4") == before
     settings = config.to_dict()["model_4"]
     assert {"resize_in_model", "equalize_histogram"} <= set(settings)
+
+
+@pytest.mark.parametrize("input_mode", ["memory", "arrays"])
+def test_host_side_inputs_keep_small_faces_at_their_size_for_a_model_that_resizes(tmp_path, input_mode):
+    config = tiny_config(tmp_path, input_mode=input_mode, epochs=1)
+    config.model_4.image_size = 64
+    config.model_4.resize_in_model = True
+    config.generator.augment = True
+    training_rows = pd.read_csv(config.paths.split_manifest).query("split == 'train'")
+    training_data, validation_data, _steps, _skipped = training._make_inputs(
+        config, config.model_4, training_rows, training_rows, num_classes=3)
+    assert training_data[0][0].shape[1:] == (48, 48, 1) and validation_data[0][0].shape[1:] == (48, 48, 1)
+    run_dir = training.train(config, "model_4")
+    assert np.isfinite(pd.read_csv(run_dir / "metrics.csv")["val_loss"]).all()
+    if input_mode == "memory":
+        cached = sorted(path.name for path in (Path(config.paths.processed) / "arrays").glob("*_images.npy"))
+        assert cached and all("_48px_" in name for name in cached)

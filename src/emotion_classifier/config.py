@@ -209,9 +209,9 @@ class ModelConfig:
     # everything that uses the model afterwards (it is saved in model_info.json): FER2013's faces
     # come equalised, photos from elsewhere do not (see equalization.py).
     equalize_histogram: bool = False
-    # A Resizing layer first in the model, which takes images of any size: with input_mode
-    # "tf_data", crops smaller than image_size (FER2013's 48-pixel faces at 112 or 224) are then
-    # batched and augmented at their own size and enlarged on the accelerator, not on the host.
+    # A resizing layer first in the model, which takes images of any size: crops smaller than
+    # image_size (FER2013's 48-pixel faces at 112 or 224) are then decoded, cached (input_mode
+    # "memory"), batched and augmented at their own size and enlarged on the accelerator.
     resize_in_model: bool = False
     # After training: "none", or "prior_matching" (per-class offsets added to the final layer's
     # logits so that, on the validation split reweighted to the training class frequencies, each

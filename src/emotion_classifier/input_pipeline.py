@@ -208,6 +208,34 @@ def _common_crop_shape(paths: Sequence[str], boxes: np.ndarray, margin: float,
     return shapes.pop() if len(shapes) == 1 else None
 
 
+def _handed_over_unresized(common_shape: tuple[int, int] | None, image_size: int, resize_in_model: bool,
+                           equalize_histogram: bool) -> bool:
+    """Whether crops of ``common_shape`` leave the host at that size, for the model to enlarge.
+
+    Only for models that resize their inputs (``resize_in_model``), only crops no larger than the
+    model's input (shrinking needs antialiasing, which the model's layer does not do), and not
+    for equalised images (equalised on the model's grid, after resizing).
+    """
+    return (resize_in_model and not equalize_histogram and common_shape is not None
+            and common_shape[0] <= image_size and common_shape[1] <= image_size)
+
+
+def handover_size(frame: pd.DataFrame, images_root: str | Path, image_size: int, face_margin: float,
+                  resize_in_model: bool, equalize_histogram: bool = False) -> int:
+    """The square size the host-side inputs (``load_arrays``, ``ImageBatches``) prepare images at.
+
+    ``image_size``, or, for a model that resizes its own inputs, the side of the face crops when
+    a sample of them shares one square size smaller than ``image_size`` (FER2013's 48 pixels):
+    then those arrays are 5 or more times smaller and augmenting them as much cheaper.
+    """
+    if not resize_in_model or equalize_histogram or len(frame) == 0:
+        return image_size
+    common_shape = _common_crop_shape(_image_paths(frame, images_root), _face_boxes(frame), float(face_margin))
+    if common_shape is None or common_shape[0] != common_shape[1]:
+        return image_size
+    return common_shape[0] if _handed_over_unresized(common_shape, image_size, True, False) else image_size
+
+
 def jpeg_scale_denominator(crop_height: int, crop_width: int, image_size: int) -> int:
     """The largest of 1, 2, 4 and 8 that leaves a crop of at least ``image_size`` on each side.
 
@@ -279,8 +307,7 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
     common_shape = None if scaled_decoding else _common_crop_shape(paths, boxes, margin, sampled_shapes)
     # The size batches leave the pipeline at: the crops' own when the model enlarges them.
     output_shape = (image_size, image_size)
-    if resize_in_model and not equalize_histogram and common_shape is not None \
-            and common_shape[0] <= image_size and common_shape[1] <= image_size:
+    if _handed_over_unresized(common_shape, image_size, resize_in_model, equalize_histogram):
         output_shape = tuple(common_shape)
     boxed_rows = int((boxes[:, 2] > 0).sum())
     jpeg_names_only = all(Path(path).suffix.lower() in (".jpg", ".jpeg") for path in paths)

@@ -473,13 +473,20 @@ def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_r
         validation_data = distribute.shard_for_workers(validation_data, strategy)
         # TFRecord shards were decoded when they were written: nothing is skipped while training.
         return training_data, validation_data, steps, (counter.skipped if counter else (lambda: 0))
+
+    def host_size(rows: pd.DataFrame) -> int:
+        # Smaller than image_size when the model enlarges the faces itself (resize_in_model).
+        return input_pipeline.handover_size(rows, config.paths.images_root, model_config.image_size,
+                                            config.generator.face_margin, model_config.resize_in_model,
+                                            model_config.equalize_histogram)
+
     if model_config.input_mode == "memory":
         arrays = {}
         left_out = 0
         for split_name, rows in (("train", training_rows), ("valid", validation_rows)):
             images, labels, skipped = in_memory.split_arrays(
                 rows, split_name, config.paths.images_root, config.paths.processed,
-                model_config.image_size, model_config.channels, config.generator.face_margin,
+                host_size(rows), model_config.channels, config.generator.face_margin,
                 equalize_histogram=model_config.equalize_histogram,
             )
             arrays[split_name] = (images, labels)
@@ -497,12 +504,14 @@ def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_r
         return training_data, validation_data, steps, (lambda: left_out)
     workers = config.generator.parallel_calls or os.cpu_count() or 1
     training_data = input_pipeline.ImageBatches(
-        training_rows, *shape, training=True, generator_config=config.generator,
+        training_rows, config.paths.images_root, host_size(training_rows), model_config.channels,
+        model_config.batch_size, training=True, generator_config=config.generator,
         seed=model_config.seed, max_batches=steps, workers=workers,
         equalize_histogram=model_config.equalize_histogram,
     )
     validation_data = input_pipeline.ImageBatches(
-        validation_rows, *shape, training=False, generator_config=config.generator, workers=workers,
+        validation_rows, config.paths.images_root, host_size(validation_rows), model_config.channels,
+        model_config.batch_size, training=False, generator_config=config.generator, workers=workers,
         equalize_histogram=model_config.equalize_histogram,
     )
     return training_data, validation_data, steps, (
