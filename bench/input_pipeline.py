@@ -116,24 +116,22 @@ def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: 
     results["tfrecords_write"] = len(frame) / write_seconds
 
     rows = [{"dataset": name, "variant": variant, "images_per_second": round(value, 1)} for variant, value in results.items()]
-    rows.append({"dataset": name, "variant": "ratio ours_256 / original",
-                 "images_per_second": round(results["ours_256"] / results["original"], 1)})
-    rows.append({"dataset": name, "variant": "ratio ours_default / decode_only",
-                 "images_per_second": round(results["ours_default"] / results["decode_only"], 3)})
-    rows.append({"dataset": name, "variant": "ratio ours_default_resize_in_model / decode_only",
-                 "images_per_second": round(results["ours_default_resize_in_model"] / results["decode_only"], 3)})
-    rows.append({"dataset": name, "variant": "ratio augmented_resize_in_model / augmented",
-                 "images_per_second": round(results["ours_default_augmented_resize_in_model"]
-                                            / results["ours_default_augmented"], 2)})
-    rows.append({"dataset": name, "variant": "ratio memory_augmented_resize_in_model / memory_augmented",
-                 "images_per_second": round(results["memory_augmented_resize_in_model"]
-                                            / results["memory_augmented"], 2)})
-    rows.append({"dataset": name, "variant": "ratio ours_default_cached / decode_only",
-                 "images_per_second": round(results["ours_default_cached"] / results["decode_only"], 3)})
-    rows.append({"dataset": name, "variant": "ratio tfrecords_default / decode_only",
-                 "images_per_second": round(results["tfrecords_default"] / results["decode_only"], 3)})
-    rows.append({"dataset": name, "variant": "ratio tfrecords_default / ours_default",
-                 "images_per_second": round(results["tfrecords_default"] / results["ours_default"], 2)})
+    # (row name, numerator, denominator, decimals)
+    ratios = [
+        ("ours_256 / original", "ours_256", "original", 1),
+        ("ours_default / decode_only", "ours_default", "decode_only", 3),
+        ("ours_default_resize_in_model / decode_only", "ours_default_resize_in_model", "decode_only", 3),
+        ("augmented_resize_in_model / augmented", "ours_default_augmented_resize_in_model",
+         "ours_default_augmented", 2),
+        ("memory_augmented_resize_in_model / memory_augmented", "memory_augmented_resize_in_model",
+         "memory_augmented", 2),
+        ("ours_default_cached / decode_only", "ours_default_cached", "decode_only", 3),
+        ("tfrecords_default / decode_only", "tfrecords_default", "decode_only", 3),
+        ("tfrecords_default / ours_default", "tfrecords_default", "ours_default", 2),
+    ]
+    rows += [{"dataset": name, "variant": f"ratio {label}",
+              "images_per_second": round(results[numerator] / results[denominator], decimals)}
+             for label, numerator, denominator, decimals in ratios]
     return rows
 
 
