@@ -26,6 +26,9 @@ the inputs are the backend-neutral ones of ``input_mode = "memory"`` and ``"arra
 
 No augmentation in any of them, so that every input trains the same model.
 
+``--resize-in-model``: the models are built with ``resize_in_model = true`` and every input
+hands FER2013's faces over at their own 48x48 (the enlargement runs in the model, on the device).
+
 Writes reports/bench/training.json.
 """
 
@@ -68,12 +71,14 @@ class StepTimer:
         self.started = self.finished = 0.0
 
 
-def training_speed(section: str, image_size: int, data, steps: int, batch_size: int, mixed_precision: bool) -> float:
+def training_speed(section: str, image_size: int, data, steps: int, batch_size: int, mixed_precision: bool,
+                   resize_in_model: bool = False) -> float:
 
     config = Config()
     model_config = getattr(config, section)
     model_config.image_size = image_size
     model_config.weights = "none"
+    model_config.resize_in_model = resize_in_model
     keras.utils.set_random_seed(0)
     with distribute.precision_policy(mixed_precision):
         model = build_model(section, model_config, CLASSES)
@@ -150,22 +155,26 @@ def backend_neutral_main(arguments) -> None:
     workers = os.cpu_count() or 1
 
     rows = []
+    resize = arguments.resize_in_model
     for section, name, size in configurations:
-        decoded, decoded_labels = input_pipeline.load_arrays(frame, root, size, 3, dtype="uint8")
+        host_size = input_pipeline.handover_size(frame, root, size, 0.0, resize)
+        decoded, decoded_labels = input_pipeline.load_arrays(frame, root, host_size, 3, dtype="uint8")
         for mixed in precisions:
             total = steps + 2
             inputs = {
                 "memory": in_memory.ArrayBatches(decoded, decoded_labels, batch_size, training=True, workers=workers),
-                "files": input_pipeline.ImageBatches(frame, root, size, 3, batch_size, training=True,
+                "files": input_pipeline.ImageBatches(frame, root, host_size, 3, batch_size, training=True,
                                                      generator_config=plain, workers=workers),
                 "in_memory": RepeatedBatch(decoded[:batch_size].astype("float32"), decoded_labels[:batch_size], total),
             }
-            speeds = {key: training_speed(section, size, data, steps, batch_size, mixed)
+            speeds = {key: training_speed(section, size, data, steps, batch_size, mixed, resize)
                       for key, data in inputs.items()}
             if name == "seed_original_size" and not arguments.quick:
                 speeds["original_loader"] = training_speed(
-                    section, size, original_loader(paths, batch_size, labels), max(2, steps // 6), batch_size, mixed)
-            row = {"model": section, "configuration": name, "image_size": size, "device": "GPU" if gpu else "CPU",
+                    section, size, original_loader(paths, batch_size, labels), max(2, steps // 6), batch_size, mixed,
+                    resize)
+            row = {"model": section, "configuration": name, "image_size": size, "resize_in_model": resize,
+                   "input_size": host_size, "device": "GPU" if gpu else "CPU",
                    "mixed_precision": mixed, **{key: round(value, 1) for key, value in speeds.items()},
                    "memory_share": round(speeds["memory"] / speeds["in_memory"], 3),
                    "files_share": round(speeds["files"] / speeds["in_memory"], 3)}
@@ -174,8 +183,8 @@ def backend_neutral_main(arguments) -> None:
                 row["files_over_original"] = round(speeds["files"] / speeds["original_loader"], 1)
             rows.append(row)
             print(row, flush=True)
-    columns = ["model", "configuration", "image_size", "device", "mixed_precision", "memory", "files", "in_memory",
-               "original_loader", "memory_share", "files_share", "memory_over_original", "files_over_original"]
+    columns = ["model", "configuration", "image_size", "input_size", "device", "mixed_precision", "memory", "files",
+               "in_memory", "original_loader", "memory_share", "files_share", "memory_over_original", "files_over_original"]
     common.print_table("Training images per second by input (shares: input / in_memory), without TensorFlow",
                        rows, columns)
     common.write_report(arguments.output, {"quick": arguments.quick, "batch_size": batch_size, "timed_steps": steps,
@@ -188,6 +197,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few steps at small sizes (seconds)")
     parser.add_argument("--gpu-only", action="store_true", help="skip the CPU-only figures' repeat without a GPU")
     parser.add_argument("--output", default="training", help="report name under reports/bench/")
+    parser.add_argument("--resize-in-model", action="store_true",
+                        help="models that enlarge the faces themselves; inputs at the faces' own size")
     parser.add_argument("--only", nargs="*", default=None,
                         help="configurations to run (seed_original_size, seed_default_size, resnet50)")
     arguments = parser.parse_args()
@@ -219,27 +230,32 @@ def main() -> None:
     for section, name, size in configurations:
         for mixed in precisions:
             pipeline = input_pipeline.make_dataset(frame, root, size, 3, batch_size, training=True,
-                                                   generator_config=GeneratorConfig()).repeat()
+                                                   generator_config=GeneratorConfig(),
+                                                   resize_in_model=arguments.resize_in_model).repeat()
             first_images, first_labels = next(iter(pipeline))
             in_memory = tf.data.Dataset.from_tensors((first_images, first_labels)).repeat()
             speeds = {
-                "pipeline": training_speed(section, size, pipeline, steps, batch_size, mixed),
-                "in_memory": training_speed(section, size, in_memory, steps, batch_size, mixed),
+                "pipeline": training_speed(section, size, pipeline, steps, batch_size, mixed, arguments.resize_in_model),
+                "in_memory": training_speed(section, size, in_memory, steps, batch_size, mixed,
+                                            arguments.resize_in_model),
             }
             if name == "seed_original_size" and not arguments.quick:
                 generator = original_loader(paths, batch_size, labels)
                 signature = (tf.TensorSpec((batch_size, 256, 256, 3), tf.float32), tf.TensorSpec((batch_size,), tf.int32))
                 original = tf.data.Dataset.from_generator(lambda: generator, output_signature=signature)
-                speeds["original_loader"] = training_speed(section, size, original, max(2, steps // 3), batch_size, mixed)
-            row = {"model": section, "configuration": name, "image_size": size, "device": "GPU" if gpu else "CPU",
+                speeds["original_loader"] = training_speed(section, size, original, max(2, steps // 3), batch_size,
+                                                           mixed, arguments.resize_in_model)
+            row = {"model": section, "configuration": name, "image_size": size,
+                   "resize_in_model": arguments.resize_in_model, "input_size": int(first_images.shape[1]),
+                   "device": "GPU" if gpu else "CPU",
                    "mixed_precision": mixed, **{key: round(value, 1) for key, value in speeds.items()},
                    "pipeline_share": round(speeds["pipeline"] / speeds["in_memory"], 3)}
             if "original_loader" in speeds:
                 row["pipeline_over_original"] = round(speeds["pipeline"] / speeds["original_loader"], 1)
             rows.append(row)
             print(row, flush=True)
-    columns = ["model", "configuration", "image_size", "device", "mixed_precision", "pipeline", "in_memory",
-               "original_loader", "pipeline_share", "pipeline_over_original"]
+    columns = ["model", "configuration", "image_size", "input_size", "device", "mixed_precision", "pipeline",
+               "in_memory", "original_loader", "pipeline_share", "pipeline_over_original"]
     common.print_table("Training images per second by input (pipeline_share = pipeline / in_memory)", rows, columns)
     common.write_report(arguments.output, {"quick": arguments.quick, "batch_size": batch_size, "timed_steps": steps,
                                            "machine": common.machine_description(), "results": rows})
