@@ -5,10 +5,15 @@ Builds 200 photos of faces (FER2013 validation faces, enlarged and placed on a 2
 background, so the detector has to find them), then runs ``predict`` on them with the Keras
 model and, with ``--tflite``, with float32 and int8 TFLite exports of the same model. The model
 is ``--model`` or, by default, an untrained model_4 of the configured architecture and input
-size (speed does not depend on the weights). Prints photos per second and the split between
-detector and classifier; writes reports/bench/predict_speed.json.
+size (speed does not depend on the weights). The Keras model runs with each test-time
+augmentation: one view per face, the face and its mirror (``predict``'s default), and the
+views the model was calibrated with (for the shipped model the face, four corner crops and the
+centre crop, each mirrored: 12 views); the TFLite exports with the default.
+Prints photos per second and the split between detector and classifier; writes
+reports/bench/predict_speed.json.
 
     python bench/predict_speed.py [--photos 200] [--model PATH] [--tflite]
+    python bench/predict_speed.py --model models/shipped/fer2013/model.keras
 """
 
 from __future__ import annotations
@@ -82,6 +87,7 @@ def timed_run(settings: predict.PredictConfig, photos: Path, output: Path) -> di
     return {
         "runtime": summary["runtime"],
         "model": summary["model"],
+        "test_time_augmentation": summary["test_time_augmentation"],
         "photos": summary["photos"],
         "faces": summary["faces"],
         "photos_classified_whole": summary["photos_classified_whole"],
@@ -110,7 +116,9 @@ def main() -> None:
         photos = make_photos(work / "photos", arguments.photos)
         model_path = Path(arguments.model) if arguments.model else untrained_model(work, config)
         settings = dataclasses.replace(config.predict, model=str(model_path))
-        results.append(timed_run(settings, photos, work / "keras"))
+        for views in ("none", "flip", "model"):
+            results.append(timed_run(dataclasses.replace(settings, test_time_augmentation=views), photos,
+                                     work / f"keras_{views}"))
         if arguments.tflite:
             info = model_io.read_model_info(model_path)
             calibration = np.stack([
@@ -135,7 +143,8 @@ def main() -> None:
     files.write_json(OUTPUT, report)
     for run in results:
         print(
-            f"{run['runtime']:6} {run.get('variant', ''):7} {run['photos_per_second']:6.1f} photos/s; "
+            f"{run['runtime']:6} {run.get('variant', ''):7} {run['test_time_augmentation']:10} "
+            f"{run['photos_per_second']:6.1f} photos/s; "
             f"detector {run['detector_seconds']:.2f} s, classifier {run['classifier_seconds']:.2f} s, "
             f"other {run['other_seconds']:.2f} s; {run['faces']} faces found in {run['photos']} photos"
         )

@@ -67,7 +67,9 @@ def trained(tmp_path_factory):
     inference_model.set_weights(model.get_weights())
     model_path = tmp_path_factory.mktemp("run") / "best.keras"
     inference_model.save(model_path)
-    model_io.save_model_info(model_path, classes, IMAGE_SIZE, 3)
+    # As calibration.py records it (the offsets themselves are in the model's output layer).
+    model_io.save_model_info(model_path, classes, IMAGE_SIZE, 3, decision_calibration={
+        "method": "prior_matching", "test_time_augmentation": "flip_crops", "crop_fraction": 0.9})
     return model_path, train_images, verify_images
 
 
@@ -97,7 +99,11 @@ def test_every_export_agrees_with_the_keras_model_and_int8_is_small(report, trai
     assert tflite["int8"]["bytes"] <= model_path.stat().st_size / 3
     assert tflite["float16"]["bytes"] < 0.6 * tflite["float32"]["bytes"]
     assert files.read_json(output_dir / export.REPORT_NAME) == report
-    assert model_io.read_model_info(output_dir / "model_int8.tflite")["classes"] == model_io.read_model_info(model_path)["classes"]
+    exported_info = model_io.read_model_info(output_dir / "model_int8.tflite")
+    keras_info = model_io.read_model_info(model_path)
+    assert exported_info["classes"] == keras_info["classes"]
+    # predict --tflite averages over the views the decisions were calibrated with, as with Keras.
+    assert exported_info["decision_calibration"] == keras_info["decision_calibration"]
 
 
 def test_saved_model_serves_the_same_probabilities(report, trained):

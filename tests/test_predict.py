@@ -187,6 +187,9 @@ def test_tflite_prediction_runs_without_tensorflow_and_matches_keras(photos, mod
         "import sys\n"
         "from emotion_classifier import predict\n"
         f"status = predict.main([{str(photos)!r}, '--tflite', {str(tflite_path)!r}, '--output', {str(output)!r}])\n"
+        # Test-time views (resized crops) without TensorFlow too.
+        f"status = status or predict.main([{str(photos)!r}, '--tflite', {str(tflite_path)!r}, "
+        f"'--output', {str(tmp_path / 'tflite_views')!r}, 'test_time_augmentation=flip_crops'])\n"
         "loaded = [name for name in ('tensorflow', 'keras') if name in sys.modules]\n"
         "print('loaded:', loaded)\n"
         "sys.exit(status or bool(loaded))\n"
@@ -201,6 +204,8 @@ def test_tflite_prediction_runs_without_tensorflow_and_matches_keras(photos, mod
     assert list(tflite_rows["file"]) == list(keras_rows["file"])
     assert np.allclose(tflite_rows[columns].to_numpy(), keras_rows[columns].to_numpy(dtype=float), atol=1e-4)
     assert json.loads((output / predict.SUMMARY_NAME).read_text())["runtime"] == "tflite"
+    views_summary = json.loads((tmp_path / "tflite_views" / predict.SUMMARY_NAME).read_text())
+    assert views_summary["test_time_augmentation"] == "flip_crops" and views_summary["faces"] >= 1
 
 
 def test_explain_with_tflite_needs_the_keras_model(photos, tmp_path):
@@ -229,3 +234,46 @@ def test_gradcam_lights_up_the_region_that_raises_the_score():
     assert np.allclose(gradcam.gradcam_heatmaps(model, image, np.array([1])), 0.0)
     overlay = gradcam.overlay_heatmap(np.zeros((16, 16, 3), dtype=np.uint8), heatmap[0])
     assert overlay.shape == (16, 16, 3) and overlay[:, :6, 0].mean() > overlay[:, 10:, 0].mean()
+
+
+class RecordingClassifier:
+    """A stand-in model: probability of class 0 = the image's mean / 255; records what it saw."""
+
+    classes = ["bright", "dark"]
+    image_size = 16
+    channels = 1
+    equalize_histogram = False
+
+    def __init__(self, calibrated_views=("none", 0.9)):
+        self.calibrated_views = calibrated_views
+        self.batches: list[np.ndarray] = []
+
+    def probabilities(self, images):
+        self.batches.append(images)
+        bright = images.reshape(len(images), -1).mean(axis=1) / 255.0
+        return np.stack([bright, 1.0 - bright], axis=1).astype(np.float32)
+
+
+def test_faces_are_classified_as_the_mean_over_the_models_calibrated_views():
+    from emotion_classifier import evaluation
+
+    rng = np.random.default_rng(4)
+    crops = [rng.uniform(0, 255, (16, 16, 1)).astype("float32") for _ in range(5)]
+    results = [predict.PhotoResult(Path(f"{index}.jpg"), f"{index}.jpg", predict.FACE, crops=crops[index:index + 1])
+               for index in range(5)]
+    classifier = RecordingClassifier(("flip_crops", 0.8))
+    views = predict.prediction_views(PredictConfig(test_time_augmentation="model"), classifier)
+    assert views == ("flip_crops", 0.8)
+    predict._classify(results, classifier, batch_size=2, stopwatch=predict.Stopwatch(), views=views)
+    # 12 views of each face, all views of a batch of faces in one call.
+    assert [len(batch) for batch in classifier.batches] == [24, 24, 12]
+    expected = np.mean([view.reshape(5, -1).mean(axis=1) / 255.0
+                        for view in evaluation.test_time_views(np.stack(crops), "flip_crops", 0.8)], axis=0)
+    np.testing.assert_allclose([result.probabilities[0, 0] for result in results], expected, rtol=1e-5)
+    # An explicit setting wins (the default is the mirror); an uncalibrated model with "model"
+    # gets no views.
+    assert predict.prediction_views(PredictConfig(), classifier) == ("flip", 0.8)
+    assert predict.prediction_views(PredictConfig(test_time_augmentation="model"), RecordingClassifier()) == ("none", 0.9)
+    assert predict.calibrated_views(model_io.read_model_info(model_io.SHIPPED_MODEL_PATH)) == ("flip_crops", 0.9)
+    with pytest.raises(PipelineError, match="test_time_augmentation"):
+        predict.check_settings(PredictConfig(test_time_augmentation="crops"))

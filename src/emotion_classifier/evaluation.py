@@ -169,8 +169,6 @@ def test_time_views(images: np.ndarray, mode: str, crop_fraction: float = 0.9) -
         raise ValueError(f"unknown test-time augmentation {mode!r}: use none, flip or flip_crops")
     views = [images]
     if mode == "flip_crops":
-        import keras
-
         if not 0.5 <= crop_fraction < 1.0:
             raise ValueError(f"crop_fraction must be in [0.5, 1), got {crop_fraction}")
         height, width = images.shape[1:3]
@@ -180,9 +178,30 @@ def test_time_views(images: np.ndarray, mode: str, crop_fraction: float = 0.9) -
                    ((height - crop_height) // 2, (width - crop_width) // 2)]
         for top, left in offsets:
             crop = images[:, top:top + crop_height, left:left + crop_width, :]
-            resized = keras.ops.image.resize(crop, (height, width), interpolation="bilinear")
-            views.append(np.clip(keras.ops.convert_to_numpy(resized), 0.0, 255.0).astype(images.dtype))
+            resized = bilinear_resize(crop.astype(np.float32), height, width)
+            views.append(np.clip(resized, 0.0, 255.0).astype(images.dtype))
     return views + [view[:, :, ::-1, :] for view in views]
+
+
+def _bilinear_weights(source: int, target: int) -> np.ndarray:
+    """``(target, source)`` sampling matrix of bilinear resizing with half-pixel centres."""
+    positions = np.clip((np.arange(target) + 0.5) * (source / target) - 0.5, 0.0, source - 1)
+    lower = np.floor(positions).astype(np.int64)
+    upper = np.minimum(lower + 1, source - 1)
+    fraction = (positions - lower).astype(np.float32)
+    weights = np.zeros((target, source), dtype=np.float32)
+    np.add.at(weights, (np.arange(target), lower), 1.0 - fraction)
+    np.add.at(weights, (np.arange(target), upper), fraction)
+    return weights
+
+
+def bilinear_resize(images: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A batch ``(n, h, w, c)`` resized as ``keras.ops.image.resize(..., "bilinear")`` resizes it
+    (half-pixel centres, no antialiasing), in numpy: prediction with a TFLite model uses test-time
+    views without importing TensorFlow."""
+    rows = _bilinear_weights(images.shape[1], height)
+    columns = _bilinear_weights(images.shape[2], width)
+    return np.einsum("ij,njkc,lk->nilc", rows, images, columns, optimize=True).astype(np.float32)
 
 
 def predict(model, rows: pd.DataFrame, images_root: Path, image_size: int, channels: int,

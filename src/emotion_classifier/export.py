@@ -157,6 +157,8 @@ def export_model(model_path: str | Path, output_dir: str | Path, calibration_ima
         output_dir / tflite_name(TFLITE_VARIANTS[0]), info["classes"], info["image_size"], info["channels"],
         exported_from=str(model_path), exported_from_md5=files.file_digest(model_path),
         equalize_histogram=bool(info.get("equalize_histogram", False)),
+        # The offsets are in the exported output layer; predict reads the views they were fitted on.
+        **{key: info[key] for key in ("decision_offsets", "decision_calibration") if key in info},
     )
     keras_probabilities = np.asarray(model.predict(verification_images, batch_size=64, verbose=0))
     comparison = compare_with_keras(keras_probabilities, tflite_paths, verification_images)

@@ -2,8 +2,10 @@
 
 For each photo (JPEG, PNG, WebP or BMP; see ``faces.load_photo`` for orientation and colour
 modes) the configured detector finds the faces; each face is cropped square with a margin,
-resized to the model's input and classified, the faces of several photos in one batch. The
-output folder receives:
+resized to the model's input and classified, the faces of several photos in one batch, by
+default averaged over the face and its mirror image (``test_time_augmentation`` in
+``[predict]``; "model" takes the views the model's decisions were calibrated with). The output
+folder receives:
 
 - ``annotated/<file>.jpg``: a copy of each photo with a box, the emotion and its probability
   per face (``annotated/<file>.gradcam.jpg`` beside it with ``--explain``);
@@ -37,7 +39,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from tqdm import tqdm
 
-from emotion_classifier import cli, faces, files, model_io
+from emotion_classifier import cli, evaluation, faces, files, model_io
 from emotion_classifier.cli import PipelineError
 from emotion_classifier.config import Config, PredictConfig
 
@@ -57,6 +59,8 @@ PHOTOS_PER_CHUNK = 32
 # Annotated copies of smaller photos are enlarged to this side so that the labels stay legible.
 MINIMUM_ANNOTATED_SIDE = 256
 JPEG_QUALITY = 90
+# The crop fraction of "flip_crops" views when the model's info names none (as evaluation's).
+DEFAULT_CROP_FRACTION = 0.9
 
 # One colour per canonical class position (more classes reuse them), chosen to be told apart.
 BOX_COLOURS: tuple[tuple[int, int, int], ...] = (
@@ -78,6 +82,8 @@ class FaceClassifier(Protocol):
     image_size: int
     channels: int
     equalize_histogram: bool
+    # The test-time views its decisions were calibrated with: (mode, crop_fraction).
+    calibrated_views: tuple[str, float]
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities, shape (batch, classes), for float32 images in [0, 255]."""
@@ -95,6 +101,7 @@ class KerasFaceClassifier:
         self.image_size = int(info["image_size"])
         self.channels = int(info["channels"])
         self.equalize_histogram = bool(info.get("equalize_histogram", False))
+        self.calibrated_views = calibrated_views(info)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         return np.asarray(self.model.predict_on_batch(images), dtype=np.float32)
@@ -122,6 +129,7 @@ class TFLiteFaceClassifier:
         self.image_size = int(info["image_size"])
         self.channels = int(info["channels"])
         self.equalize_histogram = bool(info.get("equalize_histogram", False))
+        self.calibrated_views = calibrated_views(info)
         try:
             self.interpreter = Interpreter(model_path=str(tflite_path), num_threads=threads or os.cpu_count())
         except ValueError as error:
@@ -200,6 +208,20 @@ class Stopwatch:
             self.seconds[activity] = self.seconds.get(activity, 0.0) + time.perf_counter() - start
 
 
+def calibrated_views(info: dict) -> tuple[str, float]:
+    """``(test_time_augmentation, crop_fraction)`` a model's decision offsets were fitted with
+    (model_info.json's ``decision_calibration``); ("none", 0.9) for an uncalibrated model."""
+    calibration = info.get("decision_calibration") or {}
+    return (str(calibration.get("test_time_augmentation", "none")),
+            float(calibration.get("crop_fraction", DEFAULT_CROP_FRACTION)))
+
+
+def prediction_views(settings: PredictConfig, classifier: FaceClassifier) -> tuple[str, float]:
+    """The views ``predict`` averages over: the setting, or with "model" the model's own."""
+    mode, crop_fraction = classifier.calibrated_views
+    return (mode if settings.test_time_augmentation == "model" else settings.test_time_augmentation), crop_fraction
+
+
 def build_classifier(settings: PredictConfig) -> FaceClassifier:
     """The TFLite model when ``tflite_model`` is set, otherwise the Keras model."""
     if settings.tflite_model:
@@ -213,6 +235,9 @@ def check_settings(settings: PredictConfig) -> None:
     """Reject values that a type alone cannot, naming the key."""
     if settings.batch_size < 1:
         raise PipelineError(f"predict.batch_size: must be positive, got {settings.batch_size}")
+    if settings.test_time_augmentation not in ("model", "none", "flip", "flip_crops"):
+        raise PipelineError(f"predict.test_time_augmentation: one of model, none, flip, flip_crops; "
+                            f"got {settings.test_time_augmentation!r}")
     if settings.face_margin < 0:
         raise PipelineError(f"predict.face_margin: must not be negative, got {settings.face_margin}")
     if settings.contact_sheet_tile < 32 or settings.contact_sheet_max_faces < 1:
@@ -240,6 +265,7 @@ def predict(settings: PredictConfig, show_progress: bool = True) -> PredictionRe
                 f"the Keras model {settings.model} and the TFLite model {settings.tflite_model} have "
                 "different classes; Grad-CAM would explain the wrong class"
             )
+    views = prediction_views(settings, classifier)
     rows: list[dict] = []
     annotated_paths: list[Path] = []
     gradcam_paths: list[Path] = []
@@ -252,7 +278,7 @@ def predict(settings: PredictConfig, show_progress: bool = True) -> PredictionRe
             _find_regions(path, _relative_name(path, input_path), detector, classifier, settings, stopwatch)
             for path in chunk
         ]
-        _classify(results, classifier, settings.batch_size, stopwatch)
+        _classify(results, classifier, settings.batch_size, stopwatch, views)
         if explainer is not None:
             _explain(results, explainer, settings, stopwatch)
         with stopwatch.measure("writing"):
@@ -270,7 +296,7 @@ def predict(settings: PredictConfig, show_progress: bool = True) -> PredictionRe
         files.write_json(output_dir / JSON_NAME, _json_rows(rows, classifier.classes))
         _write_contact_sheet(output_dir / CONTACT_SHEET_NAME, sheet_tiles, settings)
     elapsed = time.perf_counter() - start
-    summary = _summary(table, photos, elapsed, stopwatch, settings, detector.name)
+    summary = _summary(table, photos, elapsed, stopwatch, settings, detector.name, views[0])
     files.write_json(output_dir / SUMMARY_NAME, summary)
     return PredictionResult(table, output_dir, annotated_paths, gradcam_paths, summary)
 
@@ -307,16 +333,22 @@ def _find_regions(path: Path, file: str, detector: faces.FaceDetector, classifie
 
 
 def _classify(results: list[PhotoResult], classifier: FaceClassifier, batch_size: int,
-              stopwatch: Stopwatch) -> None:
-    """Classify the crops of all photos together, in batches of ``batch_size``."""
+              stopwatch: Stopwatch, views: tuple[str, float] = ("none", DEFAULT_CROP_FRACTION)) -> None:
+    """Classify the crops of all photos together, in batches of ``batch_size`` faces; with
+    test-time augmentation (``views``: mode and crop fraction) each face's probabilities are
+    the mean over its views, as evaluation computes them."""
     crops = [crop for result in results for crop in result.crops]
     if not crops:
         return
+
+    def classify(faces_batch: np.ndarray) -> np.ndarray:
+        view_batches = evaluation.test_time_views(faces_batch, *views)
+        # All views in one call: (views x faces) images, then the mean over the views.
+        probabilities = classifier.probabilities(np.concatenate(view_batches))
+        return probabilities.reshape(len(view_batches), len(faces_batch), -1).mean(axis=0)
+
     with stopwatch.measure("classifier"):
-        batches = [
-            classifier.probabilities(np.stack(crops[index:index + batch_size]))
-            for index in range(0, len(crops), batch_size)
-        ]
+        batches = [classify(np.stack(crops[index:index + batch_size])) for index in range(0, len(crops), batch_size)]
     probabilities = np.concatenate(batches)
     position = 0
     for result in results:
@@ -532,13 +564,14 @@ def _fit(caption: str, width: int, draw: ImageDraw.ImageDraw, font) -> str:
 
 
 def _summary(table: pd.DataFrame, photos: list[Path], elapsed: float, stopwatch: Stopwatch,
-             settings: PredictConfig, detector_name: str) -> dict:
+             settings: PredictConfig, detector_name: str, views: str) -> dict:
     counts = table.drop_duplicates("file")["status"].value_counts()
     return {
         "input": str(settings.input),
         "model": settings.tflite_model or settings.model,
         "runtime": "tflite" if settings.tflite_model else "keras",
         "detector": detector_name,
+        "test_time_augmentation": views,
         "photos": len(photos),
         "faces": int((table["status"] == FACE).sum()),
         "photos_with_faces": int(counts.get(FACE, 0)),
