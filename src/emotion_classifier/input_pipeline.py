@@ -279,9 +279,9 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
     augmentation, with the same pixels as load_image's (equalization.py).
 
     ``resize_in_model`` is for models that resize their own inputs (models.model_inputs): when
-    the crops have one size no larger than ``image_size``, batches keep that
-    size, are augmented at it, and the model enlarges them. Larger or mixed
-    sizes, and equalised images (equalised on the model's grid), are resized here as usual.
+    the crops have one size no larger than ``image_size``, batches keep that size, are augmented
+    at it, and the model enlarges them. Larger or mixed sizes, and equalised images (equalised
+    on the model's grid), are resized here as usual.
     """
     import tensorflow as tf
 

@@ -93,7 +93,9 @@ def model_inputs(input_shape: Sequence[int], resize_in_model: bool = False):
         inputs = keras.Input(shape=(height, width, channels), name="image")
         return inputs, inputs
     inputs = keras.Input(shape=(None, None, channels), name="image")
-    resized = ResizeImages(height, width, name=RESIZE_LAYER_NAME)(inputs)
+    # float32 under mixed precision too: the enlarged pixels are those the host would compute,
+    # and the next layer casts them as it casts host-resized inputs.
+    resized = ResizeImages(height, width, dtype="float32", name=RESIZE_LAYER_NAME)(inputs)
     return inputs, resized
 
 
