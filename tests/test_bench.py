@@ -13,10 +13,10 @@ import pytest
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_quick(script: str, report_name: str) -> dict:
+def run_quick(script: str, report_name: str, *options: str) -> dict:
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     finished = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "bench" / script), "--quick", "--output", report_name],
+        [sys.executable, str(PROJECT_ROOT / "bench" / script), "--quick", "--output", report_name, *options],
         cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, timeout=600,
     )
     assert finished.returncode == 0, finished.stderr[-3000:]
@@ -37,7 +37,8 @@ def test_scale_benchmark_quick():
 def test_input_pipeline_benchmark_quick():
     report = run_quick("input_pipeline.py", "test_input_pipeline_quick")
     variants = {row["variant"] for row in report["results"]}
-    assert {"original", "ours_256", "ours_default", "decode_only", "tfrecords_default"} <= variants
+    assert {"original", "ours_256", "ours_default", "decode_only", "tfrecords_default",
+            "ours_default_resize_in_model", "memory_augmented_resize_in_model"} <= variants
 
 
 @pytest.mark.slow
@@ -46,3 +47,12 @@ def test_training_benchmark_quick():
     assert {row["configuration"] for row in report["results"]} == {
         "seed_original_size", "seed_default_size", "resnet50"}
     assert all(row["pipeline"] > 0 and row["in_memory"] > 0 for row in report["results"])
+
+
+@pytest.mark.slow
+def test_training_benchmark_quick_with_models_that_resize():
+    report = run_quick("training.py", "test_training_quick_resize", "--resize-in-model")
+    sizes = {row["configuration"]: (row["image_size"], row["input_size"]) for row in report["results"]}
+    # FER's 48 px faces go in as they are; the model enlarges them to 64 (and 48 stays 48).
+    assert sizes["seed_original_size"] == (64, 48) and sizes["seed_default_size"] == (48, 48)
+    assert all(row["resize_in_model"] and row["pipeline"] > 0 for row in report["results"])
