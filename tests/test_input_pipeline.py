@@ -292,9 +292,18 @@ def test_unreadable_file_is_skipped_not_fatal(tmp_path):
     filenames, labels = copy_fer_images(tmp_path, per_class=2)
     (tmp_path / "broken.jpg").write_bytes(b"this is not an image")
     frame = manifest_frame(filenames + ["broken.jpg"], labels + [0])
-    dataset = make_dataset(frame, tmp_path, 32, 1, 4, True, no_augmentation())
+    counter = input_pipeline.DecodeCounter()
+    dataset = make_dataset(frame, tmp_path, 32, 1, 4, True, no_augmentation(), decode_counter=counter)
     count = sum(int(images.shape[0]) for images, _ in dataset)
     assert count == len(filenames)
+    assert counter.skipped() == 1 and counter.skipped_files() == [str(tmp_path / "broken.jpg")]
+    # A second dataset counted by the same counter (validation) and a second pass count the
+    # file again but name it once.
+    validation = make_dataset(frame.iloc[::-1], tmp_path, 32, 1, 4, False, no_augmentation(),
+                              decode_counter=counter)
+    assert sum(int(images.shape[0]) for images, _ in validation) == len(filenames)
+    assert sum(int(images.shape[0]) for images, _ in dataset) == len(filenames)
+    assert counter.skipped() == 3 and counter.skipped_files() == [str(tmp_path / "broken.jpg")]
 
     batches = ImageBatches(frame, tmp_path, 32, 1, 8, False, no_augmentation())
     images, batch_labels = batches[0]

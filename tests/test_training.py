@@ -159,7 +159,12 @@ def test_an_image_that_fails_to_decode_during_training_is_skipped_counted_and_re
     metrics = pd.read_csv(run_dir / "metrics.csv")
     # Training repeats its data, so the epoch may also have reached the file in the next pass.
     assert metrics["skipped_images"].iloc[0] >= 1
-    assert "could not be decoded and were skipped" in capsys.readouterr().out
+    output = capsys.readouterr().out
+    assert "could not be decoded and were skipped" in output
+    # Named on the console and in the run folder, once however often it was met.
+    corrupt_path = str(Path(config.paths.images_root) / corrupt)
+    assert f"unreadable: {corrupt_path}" in output
+    assert (run_dir / training.SKIPPED_LIST_NAME).read_text().split() == [corrupt_path]
     model_io.load_trained_model(run_dir / "best.keras")
 
 

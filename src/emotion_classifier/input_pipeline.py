@@ -156,11 +156,12 @@ def build_augmentation(generator_config, seed: int = 0) -> keras.Sequential | No
 
 
 class DecodeCounter:
-    """Counts the images a tf.data pipeline tried to decode and those it decoded.
+    """Counts the images a tf.data pipeline tried to decode and those it decoded, and which.
 
     The pipeline skips a file that fails to decode (``ignore_errors``) instead of stopping a
     run of days; the difference between the two counts is the number of files skipped, which
-    training reports at the end of every epoch. TensorFlow logs each skipped file's error.
+    training reports at the end of every epoch. TensorFlow logs each skipped file's error but
+    not its name: per-row flags of each dataset counted (``track``) give the names.
     """
 
     def __init__(self):
@@ -168,10 +169,29 @@ class DecodeCounter:
 
         self.attempted = tf.Variable(0, dtype=tf.int64, trainable=False, name="images_attempted")
         self.decoded = tf.Variable(0, dtype=tf.int64, trainable=False, name="images_decoded")
+        # Per dataset: its paths (in the dataset's row order) and two flags per row.
+        self._tracked: list[tuple[np.ndarray, object, object]] = []
+
+    def track(self, paths: np.ndarray):
+        """Flags ``(attempted, decoded)``, one per row of ``paths``, for a dataset to set."""
+        import tensorflow as tf
+
+        flags = tuple(tf.Variable(tf.zeros([len(paths)], tf.bool), trainable=False, name=name)
+                      for name in ("rows_attempted", "rows_decoded"))
+        self._tracked.append((np.asarray(paths), *flags))
+        return flags
 
     def skipped(self) -> int:
         """Files skipped so far (exact whenever the pipeline is not in the middle of a decode)."""
         return int(self.attempted.numpy()) - int(self.decoded.numpy())
+
+    def skipped_files(self) -> list[str]:
+        """The files tried and never decoded so far, each named once."""
+        names: dict[str, None] = {}  # ordered; a file in two datasets (splits) is named once
+        for paths, attempted, decoded in self._tracked:
+            failed = attempted.numpy() & ~decoded.numpy()
+            names.update(dict.fromkeys(str(path) for path in paths[failed]))
+        return list(names)
 
 
 def _sampled_crop_shapes(paths: Sequence[str], boxes: np.ndarray, margin: float) -> list[tuple[int, int]]:
@@ -395,13 +415,14 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
         image.set_shape([None, None, 3])
         return image
 
-    def read_and_crop(path, box):
+    def read_and_crop(row, path, box):
         """The decoded uint8 RGB image, cropped to its face box when it has one."""
         if decode_counter is None:
             encoded = tf.io.read_file(path)
         else:
             # Counted before the file is read, so a file whose decoding fails is counted too.
-            with tf.control_dependencies([decode_counter.attempted.assign_add(1)]):
+            with tf.control_dependencies([decode_counter.attempted.assign_add(1),
+                                          rows_attempted.scatter_nd_update([[row]], [True])]):
                 encoded = tf.io.read_file(path)
         if boxed_rows == len(paths):
             image = decode_face(encoded, box)
@@ -412,7 +433,9 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
         if decode_counter is not None:
             # Depends on the decoded image's runtime height (the final shape is static and would
             # be constant-folded), so it runs only when decoding has succeeded.
-            decode_counter.decoded.assign_add(tf.cast(tf.shape(image)[0] > 0, tf.int64))
+            succeeded = tf.shape(image)[0] > 0
+            decode_counter.decoded.assign_add(tf.cast(succeeded, tf.int64))
+            rows_decoded.scatter_nd_update([[row]], [succeeded])
         return image
 
     def resized(images, height, width, antialias):
@@ -447,17 +470,17 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
         # for a third of the resizing work.
         return tf.image.rgb_to_grayscale(images) if channels == 1 else images
 
-    def read_one_image(path, box, label):
+    def read_one_image(row, path, box, label):
         """Crops of different sizes: each image is resized on its own."""
-        image = to_float_gray(read_and_crop(path, box))
+        image = to_float_gray(read_and_crop(row, path, box))
         image = resized_one(image, image_size, image_size, shrink_by_area=scaled_decoding)
         if equalize_histogram:
             image = equalization.equalize_histogram_tf(image[tf.newaxis])[0]
         return image, label
 
-    def read_common_shape(path, box, label):
+    def read_common_shape(row, path, box, label):
         """Crops of one size: the crop stays uint8 at its size; whole batches are resized later."""
-        image = read_and_crop(path, box)
+        image = read_and_crop(row, path, box)
         shape = tf.shape(image)
         image = tf.cond(
             tf.logical_and(shape[0] == common_shape[0], shape[1] == common_shape[1]),
@@ -476,7 +499,10 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
             images = equalization.equalize_histogram_tf(images)
         return images, batch_labels
 
-    dataset = tf.data.Dataset.from_tensor_slices((paths, boxes, labels))
+    if decode_counter is not None:
+        rows_attempted, rows_decoded = decode_counter.track(paths)
+    # Each element carries its row (of the arrays as ordered above), which names a skipped file.
+    dataset = tf.data.Dataset.from_tensor_slices((np.arange(len(paths), dtype="int64"), paths, boxes, labels))
     shuffle_buffer = max(1, min(generator_config.shuffle_buffer, len(frame)))
     if training and not generator_config.cache:
         # Shuffling file names before decoding keeps the buffer cheap (strings, not pixels).

@@ -31,6 +31,7 @@ are settings of the same section.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -41,6 +42,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import keras
 import numpy as np
@@ -59,29 +61,55 @@ METRICS_NAME = "metrics.csv"
 SUMMARY_NAME = "training_summary.json"
 CHECKPOINT_DIR_NAME = "checkpoint"
 STATE_NAME = "state.json"
+SKIPPED_LIST_NAME = "skipped_images.txt"
 MODEL_SECTIONS = ("model_4", "model_6")
+
+
+@dataclasses.dataclass
+class SkippedImages:
+    """What the input pipeline has skipped so far: a cumulative count and the files' names."""
+
+    count: Callable[[], int]
+    names: Callable[[], list[str]] = list
 
 
 class SkippedImagesReport(keras.callbacks.Callback):
     """At the end of every epoch, reports the images that could not be decoded and were skipped.
 
-    ``skipped_count`` returns the cumulative count of the input pipeline; the epoch's share is
-    printed when it is not zero and logged as ``skipped_images`` (a metrics.csv column).
+    The epoch's share of ``skipped.count`` is printed when it is not zero and logged as
+    ``skipped_images`` (a metrics.csv column); the files are named (the first few on the
+    console, all of them in ``list_path``, rewritten whenever a new one appears).
     """
 
-    def __init__(self, skipped_count):
+    SHOWN = 10
+
+    def __init__(self, skipped: SkippedImages, list_path: Path | None = None):
         super().__init__()
-        self.skipped_count = skipped_count
+        self.skipped = skipped
+        self.list_path = list_path
         self.reported = 0
+        # A resumed run keeps the names found before its interruption.
+        known = list_path.read_text().split("\n") if list_path is not None and list_path.is_file() else []
+        self.named: list[str] = [name for name in known if name]
 
     def on_epoch_end(self, epoch, logs=None):
-        total = self.skipped_count()
+        total = self.skipped.count()
         skipped, self.reported = total - self.reported, total
         if logs is not None:
             logs["skipped_images"] = skipped
-        if skipped:
-            print(f"epoch {epoch + 1}: {skipped} image(s) could not be decoded and were skipped "
-                  "(TensorFlow's warnings above name the error)")
+        if not skipped:
+            return
+        print(f"epoch {epoch + 1}: {skipped} image(s) could not be decoded and were skipped "
+              "(TensorFlow's warnings above name the error)")
+        already = set(self.named)
+        new = [name for name in self.skipped.names() if name not in already]
+        if new:
+            self.named.extend(new)
+            listed = ", ".join(new[:self.SHOWN]) + (f" and {len(new) - self.SHOWN} more" if len(new) > self.SHOWN else "")
+            where = f" (all in {self.list_path})" if self.list_path is not None else ""
+            print(f"  unreadable: {listed}{where}")
+            if self.list_path is not None:
+                files.write_text(self.list_path, "\n".join(self.named) + "\n")
 
 
 def monitor_mode(monitor: str) -> str:
@@ -218,7 +246,7 @@ def train(config, section_name: str, force: bool = False) -> Path:
             )
 
 
-    training_data, validation_data, steps_per_epoch, skipped_count = _make_inputs(
+    training_data, validation_data, steps_per_epoch, skipped = _make_inputs(
         config, model_config, training_rows, validation_rows, len(classes), strategy
     )
     early_stopping = ResumableEarlyStopping(model_config.patience, state, model_config.monitor)
@@ -231,7 +259,7 @@ def train(config, section_name: str, force: bool = False) -> Path:
     # and saves.
     callbacks = [
         # Before the CSV logger, so that metrics.csv gets the skipped_images column.
-        SkippedImagesReport(skipped_count),
+        SkippedImagesReport(skipped, run_dir / SKIPPED_LIST_NAME),
         keras.callbacks.CSVLogger(str(run_dir / METRICS_NAME), append=True),
         early_stopping,
         checkpoint,
@@ -407,7 +435,7 @@ def _prepare_run_folder(run_dir: Path, fingerprint: str, force: bool, may_write:
 def _clear_run_folder(run_dir: Path) -> None:
     """Remove what a previous run wrote (only the files this module writes)."""
     for name in (BEST_MODEL_NAME, METRICS_NAME, SUMMARY_NAME, "history.png", model_io.MODEL_INFO_NAME,
-                 calibration.CALIBRATION_REPORT_NAME):
+                 calibration.CALIBRATION_REPORT_NAME, SKIPPED_LIST_NAME):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / CHECKPOINT_DIR_NAME, ignore_errors=True)
 
@@ -472,7 +500,8 @@ def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_r
         training_data = distribute.shard_for_workers(training_data.repeat(), strategy)
         validation_data = distribute.shard_for_workers(validation_data, strategy)
         # TFRecord shards were decoded when they were written: nothing is skipped while training.
-        return training_data, validation_data, steps, (counter.skipped if counter else (lambda: 0))
+        return training_data, validation_data, steps, (
+            SkippedImages(counter.skipped, counter.skipped_files) if counter else SkippedImages(lambda: 0))
 
     def host_size(rows: pd.DataFrame) -> int:
         # Smaller than image_size when the model enlarges the faces itself (resize_in_model).
@@ -501,7 +530,8 @@ def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_r
         )
         validation_data = in_memory.ArrayBatches(*arrays["valid"], model_config.batch_size, training=False,
                                                  num_classes=one_hot)
-        return training_data, validation_data, steps, (lambda: left_out)
+        # Decoded once, when the arrays were cached: load_arrays logged the names then.
+        return training_data, validation_data, steps, SkippedImages(lambda: left_out)
     workers = config.generator.parallel_calls or os.cpu_count() or 1
     training_data = input_pipeline.ImageBatches(
         training_rows, config.paths.images_root, host_size(training_rows), model_config.channels,
@@ -514,8 +544,9 @@ def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_r
         model_config.batch_size, training=False, generator_config=config.generator, workers=workers,
         equalize_histogram=model_config.equalize_histogram,
     )
-    return training_data, validation_data, steps, (
-        lambda: len(training_data.unreadable_files) + len(validation_data.unreadable_files))
+    return training_data, validation_data, steps, SkippedImages(
+        lambda: len(training_data.unreadable_files) + len(validation_data.unreadable_files),
+        lambda: sorted(set(training_data.unreadable_files + validation_data.unreadable_files)))
 
 
 def mixup_alpha(generator_config) -> float:
