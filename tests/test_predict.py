@@ -277,3 +277,28 @@ def test_faces_are_classified_as_the_mean_over_the_models_calibrated_views():
     assert predict.calibrated_views(model_io.read_model_info(model_io.SHIPPED_MODEL_PATH)) == ("flip_crops", 0.9)
     with pytest.raises(PipelineError, match="test_time_augmentation"):
         predict.check_settings(PredictConfig(test_time_augmentation="crops"))
+
+
+def test_margin_check_tool_scores_each_margin_on_detected_faces(tmp_path):
+    import os
+
+    from model_fixtures import save_tiny_model
+    from test_input_pipeline import copy_fer_images
+
+    project_root = Path(__file__).resolve().parents[1]
+    dataset = tmp_path / "val"
+    copy_fer_images(dataset, per_class=4, classes=("happy", "sad", "angry"), subset="val")
+    model_path = save_tiny_model(tmp_path / "run" / "best.keras", ["happy", "sad", "anger"], image_size=48, channels=1)
+    output = tmp_path / "margins.json"
+    finished = subprocess.run(
+        [sys.executable, str(project_root / "tools" / "margin_check.py"), "--model", str(model_path),
+         "--dataset", str(dataset), "--margins", "0.05", "0.2", "--output", str(output)],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True, timeout=300,
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert report["faces"] == 12 and 1 <= report["faces_scored"] <= 12
+    assert [row["face_margin"] for row in report["results"]] == [None, 0.05, 0.2]
+    assert all(0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["macro_f1"] <= 1.0 for row in report["results"])
+    # FER's crops are about the detector's box.
+    assert 0.8 < report["crop_to_box_ratio"]["median"] < 1.3

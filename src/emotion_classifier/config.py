@@ -308,7 +308,9 @@ class PredictConfig:
     # Photos with a longer side above this are shrunk for detection only (speed); 0: never.
     detection_max_side: int = 640
     # Margin added on each side of a face box before cropping, as a fraction of the box side.
-    face_margin: float = 0.2
+    # 0.05 frames faces as FER2013's crops are framed (about the Haar box): the shipped model
+    # scores 66.2% at 0.05 and 60.8% at 0.2 on detected FER2013 val faces (tools/margin_check.py).
+    face_margin: float = 0.05
     # Classify the whole image (flagged "whole_image") when no face is found in it.
     classify_whole_if_no_face: bool = False
     # Images no larger than this on their longer side are face crops already (FER2013 is 48x48):
