@@ -32,21 +32,10 @@ DEFAULT_TRAINING_SIZE = 112
 ORIGINAL_SIZE = 256
 
 
-def manifest_rows(filenames: list[str], class_indices: list[int], boxes: np.ndarray | None = None,
-                  images_root: Path | None = None) -> pd.DataFrame:
-    """A split manifest (every column, all rows in the training split) for the given images.
-
-    With ``images_root`` the image sizes are read from the files' headers into ``image_width``
-    and ``image_height``, as the labels stage records them.
-    """
+def manifest_rows(filenames: list[str], class_indices: list[int], boxes: np.ndarray | None = None) -> pd.DataFrame:
+    """A split manifest (every column, all rows in the training split) for the given images."""
     frame = pd.DataFrame({column: np.nan for column in MANIFEST_COLUMNS}, index=range(len(filenames)))
     frame["filename"] = filenames
-    if images_root is not None:
-        sizes = []
-        for name in filenames:
-            with Image.open(images_root / name) as opened:
-                sizes.append(opened.size)
-        frame[["image_width", "image_height"]] = np.asarray(sizes, dtype="float64")
     frame["class_index"] = np.asarray(class_indices, dtype="int32")
     frame["label"] = [f"class_{index}" for index in class_indices]
     frame["split"] = "train"
@@ -71,7 +60,7 @@ def fer_images(count: int) -> tuple[Path, pd.DataFrame]:
                 filenames.append(f"{classes[class_index]}/{paths[position].name}")
                 labels.append(class_index)
         position += 1
-    return train_root, manifest_rows(filenames, labels, images_root=train_root)
+    return train_root, manifest_rows(filenames, labels)
 
 
 def generated_images(folder: Path, count: int, side: int = 512, seed: int = 0) -> tuple[Path, pd.DataFrame]:
@@ -96,7 +85,7 @@ def generated_images(folder: Path, count: int, side: int = 512, seed: int = 0) -
     box = np.array([side * 0.2, side * 0.15, side * 0.6, side * 0.65], dtype="float64")
     boxes = np.tile(box, (count, 1))
     labels = [index % 5 for index in range(count)]
-    return folder, manifest_rows(filenames, labels, boxes, images_root=folder)
+    return folder, manifest_rows(filenames, labels, boxes)
 
 
 def time_batches(batches: Iterable, images_wanted: int) -> float:

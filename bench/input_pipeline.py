@@ -18,10 +18,7 @@ RGB JPEGs with a face box (like AffectNet's photos):
    for a model built with ``resize_in_model = true``, which enlarges its inputs itself: crops
    smaller than the training size (FER2013's) are batched and augmented at their own size;
    larger ones (the 512-pixel photos) are still shrunk here, so those rows repeat rows 4 and 3;
-9. ``ours_default_unmeasured`` and ``ours_default_resize_in_model_unmeasured``: rows 4 and 8
-   from a manifest without the image sizes the labels stage records: the crops' common size
-   is then sampled from 32 headers and every image's size is checked as it is decoded;
-10. ``memory_augmented`` and ``memory_augmented_resize_in_model``: ``input_mode = "memory"``'s
+9. ``memory_augmented`` and ``memory_augmented_resize_in_model``: ``input_mode = "memory"``'s
    host-side augmentation (OpenCV, one thread) of decoded arrays at the training size and at
    the size handed to a model with ``resize_in_model``.
 
@@ -82,8 +79,8 @@ def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: 
     size = common.DEFAULT_TRAINING_SIZE
     results: dict[str, float] = {}
 
-    def ours(image_size: int, generator_config, resize_in_model: bool = False, rows=frame):
-        dataset = input_pipeline.make_dataset(rows, images_root, image_size, 3, BATCH_SIZE, training=True,
+    def ours(image_size: int, generator_config, resize_in_model: bool = False):
+        dataset = input_pipeline.make_dataset(frame, images_root, image_size, 3, BATCH_SIZE, training=True,
                                               generator_config=generator_config, resize_in_model=resize_in_model)
         return dataset.repeat()
 
@@ -96,13 +93,6 @@ def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: 
     # training size leave the pipeline at their own size (larger ones are resized as above).
     results["ours_default_resize_in_model"] = common.time_batches(ours(size, plain, True), images_wanted)
     results["ours_default_augmented_resize_in_model"] = common.time_batches(ours(size, augmented, True), images_wanted)
-    # The same two rows without the manifest's image sizes (as a manifest written before the
-    # labels stage recorded them): the crops' common size is sampled, and each image's size is
-    # checked as it is decoded.
-    unmeasured = frame.assign(image_width=np.nan, image_height=np.nan)
-    results["ours_default_unmeasured"] = common.time_batches(ours(size, plain, rows=unmeasured), images_wanted)
-    results["ours_default_resize_in_model_unmeasured"] = common.time_batches(
-        ours(size, plain, True, rows=unmeasured), images_wanted)
     # input_mode "memory" (the path of backends without TensorFlow): augmenting decoded arrays on
     # the host with OpenCV, one thread, at the training size and at the size handed to a model
     # that resizes its own inputs.
@@ -131,9 +121,6 @@ def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: 
         ("ours_256 / original", "ours_256", "original", 1),
         ("ours_default / decode_only", "ours_default", "decode_only", 3),
         ("ours_default_resize_in_model / decode_only", "ours_default_resize_in_model", "decode_only", 3),
-        ("ours_default / ours_default_unmeasured", "ours_default", "ours_default_unmeasured", 2),
-        ("ours_default_resize_in_model / unmeasured", "ours_default_resize_in_model",
-         "ours_default_resize_in_model_unmeasured", 2),
         ("augmented_resize_in_model / augmented", "ours_default_augmented_resize_in_model",
          "ours_default_augmented", 2),
         ("memory_augmented_resize_in_model / memory_augmented", "memory_augmented_resize_in_model",

@@ -288,48 +288,6 @@ def test_augmentation_only_for_training_and_values_stay_in_range(tmp_path):
     assert differences.min() > 1.0
 
 
-def test_manifest_image_sizes_give_the_common_crop_shape_without_a_check_per_image(tmp_path, monkeypatch):
-    filenames, labels = copy_fer_images(tmp_path, per_class=3)
-    face_boxes = [(5, 6, 30, 36)] * len(filenames)
-    measured = manifest_frame(filenames, labels, boxes=face_boxes)
-    measured["image_width"], measured["image_height"] = 48.0, 48.0
-    boxes = input_pipeline._face_boxes(measured)
-    # The crop of crop_bounds, for every row from the manifest alone.
-    left, top, right, bottom = crop_bounds(face_boxes[0], 0.1, 48, 48)
-    assert input_pipeline._manifest_crop_shape(measured, boxes, 0.1) == (bottom - top, right - left)
-    assert input_pipeline._manifest_crop_shape(measured, input_pipeline._face_boxes(manifest_frame(filenames, labels)),
-                                               0.1) == (48, 48)
-    unknown = measured.copy()
-    unknown.loc[1, "image_width"] = np.nan
-    assert input_pipeline._manifest_crop_shape(unknown, boxes, 0.1) is None
-    mixed = measured.copy()
-    mixed.loc[1, ["image_width", "image_height"]] = 60.0, 52.0
-    mixed.loc[1, ["face_x", "face_y", "face_width", "face_height"]] = np.nan
-    assert input_pipeline._manifest_crop_shape(mixed, input_pipeline._face_boxes(mixed), 0.1) is None
-
-    # The same pixels as the sampled path (which checks each image's size), for both kinds of
-    # model; the header sample is not what decides here.
-    unmeasured = measured.drop(columns=["image_width", "image_height"])
-    for resize_in_model in (False, True):
-        expected = np.concatenate([images.numpy() for images, _ in make_dataset(
-            unmeasured, tmp_path, 64, 1, 4, False, no_augmentation(), resize_in_model=resize_in_model)])
-        with monkeypatch.context() as patched:
-            patched.setattr(input_pipeline, "_common_crop_shape", lambda *arguments: None)
-            got = np.concatenate([images.numpy() for images, _ in make_dataset(
-                measured, tmp_path, 64, 1, 4, False, no_augmentation(), resize_in_model=resize_in_model)])
-        np.testing.assert_array_equal(got, expected)
-
-    # A file whose size changed after the labels stage measured it is skipped, counted and
-    # named like an unreadable file, and the run goes on.
-    Image.open(tmp_path / filenames[0]).resize((60, 52)).save(tmp_path / filenames[0], quality=95)
-    whole = manifest_frame(filenames, labels)
-    whole["image_width"], whole["image_height"] = 48.0, 48.0
-    counter = input_pipeline.DecodeCounter()
-    dataset = make_dataset(whole, tmp_path, 64, 1, 4, True, no_augmentation(), decode_counter=counter)
-    assert sum(int(images.shape[0]) for images, _ in dataset) == len(filenames) - 1
-    assert counter.skipped() == 1 and counter.skipped_files() == [str(tmp_path / filenames[0])]
-
-
 def test_unreadable_file_is_skipped_not_fatal(tmp_path):
     filenames, labels = copy_fer_images(tmp_path, per_class=2)
     (tmp_path / "broken.jpg").write_bytes(b"this is not an image")

@@ -228,37 +228,6 @@ def _common_crop_shape(paths: Sequence[str], boxes: np.ndarray, margin: float,
     return shapes.pop() if len(shapes) == 1 else None
 
 
-def _manifest_crop_shape(frame: pd.DataFrame, boxes: np.ndarray, margin: float) -> tuple[int, int] | None:
-    """The ``(height, width)`` every face crop has by the manifest's image sizes, or None.
-
-    The labels stage records each image's size (``image_width``, ``image_height``) when it
-    opens every image; when all rows' crops come out one size, ``make_dataset`` needs no
-    per-image size check (a ``tf.cond`` costs about a sixth of the throughput on 48-pixel
-    JPEGs). None when a size is missing or the crops differ.
-    """
-    if not {"image_width", "image_height"} <= set(frame.columns) or len(frame) == 0:
-        return None
-    widths = frame["image_width"].to_numpy(dtype="float64")
-    heights = frame["image_height"].to_numpy(dtype="float64")
-    if not (np.all(np.isfinite(widths)) and np.all(np.isfinite(heights))):
-        return None
-    widths, heights = widths.astype("int64"), heights.astype("int64")
-    crop_heights, crop_widths = heights.copy(), widths.copy()
-    boxed = np.flatnonzero(boxes[:, 2] > 0)
-    if len(boxed):
-        # crop_bounds for every boxed row at once (the same floor, ceil and clamping).
-        x, y, box_width, box_height = (boxes[boxed, column].astype("float64") for column in range(4))
-        left = np.minimum(np.maximum(0, np.floor(x - margin * box_width)), widths[boxed] - 1)
-        top = np.minimum(np.maximum(0, np.floor(y - margin * box_height)), heights[boxed] - 1)
-        right = np.maximum(np.minimum(widths[boxed], np.ceil(x + box_width + margin * box_width)), left + 1)
-        bottom = np.maximum(np.minimum(heights[boxed], np.ceil(y + box_height + margin * box_height)), top + 1)
-        crop_heights[boxed] = (bottom - top).astype("int64")
-        crop_widths[boxed] = (right - left).astype("int64")
-    if np.any(crop_heights != crop_heights[0]) or np.any(crop_widths != crop_widths[0]):
-        return None
-    return int(crop_heights[0]), int(crop_widths[0])
-
-
 def _handed_over_unresized(common_shape: tuple[int, int] | None, image_size: int, resize_in_model: bool,
                            equalize_histogram: bool) -> bool:
     """Whether crops of ``common_shape`` leave the host at that size, for the model to enlarge.
@@ -319,10 +288,7 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
     uint8 at that size until they are batched, and each batch is converted and resized at
     once: per-image float work and copies of resized images dominate the cost otherwise.
     An image of another size in such a dataset is first resized to the common size (one
-    extra, slightly softening resampling) so that batches stay rectangular. When the
-    manifest's image sizes (``image_width``, ``image_height``, measured by the labels stage)
-    give all crops one size, that size is used without a per-image check; a file whose size
-    has changed since then is skipped and counted like an unreadable one.
+    extra, slightly softening resampling) so that batches stay rectangular.
 
     When the sampled crops are at least twice ``image_size`` on each side, each JPEG is decoded
     at the reduced scale ``jpeg_scale_denominator`` picks for its own crop, then resized as
@@ -359,11 +325,6 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
     # decoding a large JPEG, and FER-sized images never pay it.
     scaled_decoding = bool(sampled_shapes) and min(min(shape) for shape in sampled_shapes) >= 2 * image_size
     common_shape = None if scaled_decoding else _common_crop_shape(paths, boxes, margin, sampled_shapes)
-    # When the manifest's image sizes (measured by the labels stage) give every crop one size,
-    # that size is known, not sampled, and no image needs a size check of its own.
-    manifest_shape = None if scaled_decoding else _manifest_crop_shape(frame, boxes, margin)
-    if manifest_shape is not None:
-        common_shape = manifest_shape
     # The size batches leave the pipeline at: the crops' own when the model enlarges them.
     output_shape = (image_size, image_size)
     if _handed_over_unresized(common_shape, image_size, resize_in_model, equalize_histogram):
@@ -454,12 +415,8 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
         image.set_shape([None, None, 3])
         return image
 
-    def read_and_crop(row, path, box, expected_shape=None):
-        """The decoded uint8 RGB image, cropped to its face box when it has one.
-
-        With ``expected_shape`` an image of another shape fails (and is skipped and counted
-        like an unreadable file): a file changed since the labels stage measured it.
-        """
+    def read_and_crop(row, path, box):
+        """The decoded uint8 RGB image, cropped to its face box when it has one."""
         if decode_counter is None:
             encoded = tf.io.read_file(path)
         else:
@@ -473,15 +430,13 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
             image = tf.cond(box[2] > 0, lambda: decode_face(encoded, box), lambda: decode_whole(encoded))
         else:
             image = decode_whole(encoded)
-        checked = image if expected_shape is None else tf.ensure_shape(image, expected_shape)
         if decode_counter is not None:
             # Depends on the decoded image's runtime height (the final shape is static and would
-            # be constant-folded), and on the shape check, so it runs only when both succeeded.
-            with tf.control_dependencies([checked]):
-                succeeded = tf.shape(image)[0] > 0
+            # be constant-folded), so it runs only when decoding has succeeded.
+            succeeded = tf.shape(image)[0] > 0
             decode_counter.decoded.assign_add(tf.cast(succeeded, tf.int64))
             rows_decoded.scatter_nd_update([[row]], [succeeded])
-        return checked
+        return image
 
     def resized(images, height, width, antialias):
         """Float images (one or a batch) resized with bilinear filtering, within [0, 255]."""
@@ -525,8 +480,6 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
 
     def read_common_shape(row, path, box, label):
         """Crops of one size: the crop stays uint8 at its size; whole batches are resized later."""
-        if manifest_shape is not None:
-            return read_and_crop(row, path, box, expected_shape=(*common_shape, 3)), label
         image = read_and_crop(row, path, box)
         shape = tf.shape(image)
         image = tf.cond(
