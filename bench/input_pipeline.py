@@ -18,7 +18,10 @@ RGB JPEGs with a face box (like AffectNet's photos):
    for a model built with ``resize_in_model = true``, which enlarges its inputs itself: crops
    smaller than the training size (FER2013's) are batched and augmented at their own size;
    larger ones (the 512-pixel photos) are still shrunk here, so those rows repeat rows 4 and 3;
-9. ``memory_augmented`` and ``memory_augmented_resize_in_model``: ``input_mode = "memory"``'s
+9. ``ours_default_unmeasured`` and ``ours_default_resize_in_model_unmeasured``: rows 4 and 8
+   from a manifest without the image sizes the labels stage records: the crops' common size
+   is then sampled from 32 headers and every image's size is checked as it is decoded;
+10. ``memory_augmented`` and ``memory_augmented_resize_in_model``: ``input_mode = "memory"``'s
    host-side augmentation (OpenCV, one thread) of decoded arrays at the training size and at
    the size handed to a model with ``resize_in_model``.
 
@@ -72,27 +75,45 @@ def decode_only(paths: list[str], batch_size: int):
     return dataset.map(read_decode, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: int, original_images: int) -> list[dict]:
+def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: int, original_images: int,
+            rounds: int = 1) -> list[dict]:
     paths = [str(images_root / filename) for filename in frame["filename"]]
     plain = GeneratorConfig(augment=False)
     augmented = GeneratorConfig(augment=True)
     size = common.DEFAULT_TRAINING_SIZE
     results: dict[str, float] = {}
 
-    def ours(image_size: int, generator_config, resize_in_model: bool = False):
-        dataset = input_pipeline.make_dataset(frame, images_root, image_size, 3, BATCH_SIZE, training=True,
+    def ours(image_size: int, generator_config, resize_in_model: bool = False, rows=frame):
+        dataset = input_pipeline.make_dataset(rows, images_root, image_size, 3, BATCH_SIZE, training=True,
                                               generator_config=generator_config, resize_in_model=resize_in_model)
         return dataset.repeat()
 
     results["original"] = common.time_batches(original_loader_batches(paths * 4, BATCH_SIZE // 4), original_images)
-    results["ours_256"] = common.time_batches(ours(common.ORIGINAL_SIZE, plain), images_wanted)
-    results["ours_default_augmented"] = common.time_batches(ours(size, augmented), images_wanted)
-    results["ours_default"] = common.time_batches(ours(size, plain), images_wanted)
-    results["decode_only"] = common.time_batches(decode_only(paths, BATCH_SIZE), images_wanted)
-    # For a model that enlarges its inputs itself (resize_in_model): crops smaller than the
-    # training size leave the pipeline at their own size (larger ones are resized as above).
-    results["ours_default_resize_in_model"] = common.time_batches(ours(size, plain, True), images_wanted)
-    results["ours_default_augmented_resize_in_model"] = common.time_batches(ours(size, augmented, True), images_wanted)
+    unmeasured = frame.assign(image_width=np.nan, image_height=np.nan)
+    # The file pipelines, each a function giving a fresh batch iterator. They are timed in
+    # ``rounds`` interleaved rounds and the median kept: on a shared machine the speed moves
+    # by up to half between runs, and a variant measured alone after another can look faster
+    # or slower by that much.
+    file_pipelines = {
+        "ours_256": lambda: ours(common.ORIGINAL_SIZE, plain),
+        "ours_default_augmented": lambda: ours(size, augmented),
+        "ours_default": lambda: ours(size, plain),
+        "decode_only": lambda: decode_only(paths, BATCH_SIZE),
+        # For a model that enlarges its inputs itself (resize_in_model): crops smaller than the
+        # training size leave the pipeline at their own size (larger ones are resized as above).
+        "ours_default_resize_in_model": lambda: ours(size, plain, True),
+        "ours_default_augmented_resize_in_model": lambda: ours(size, augmented, True),
+        # Rows 4 and 8 without the manifest's image sizes (as a manifest written before the
+        # labels stage recorded them): the crops' common size is sampled, and each image's
+        # size is checked as it is decoded.
+        "ours_default_unmeasured": lambda: ours(size, plain, rows=unmeasured),
+        "ours_default_resize_in_model_unmeasured": lambda: ours(size, plain, True, rows=unmeasured),
+    }
+    timings: dict[str, list[float]] = {variant: [] for variant in file_pipelines}
+    for _round in range(rounds):
+        for variant, batches in file_pipelines.items():
+            timings[variant].append(common.time_batches(batches(), images_wanted))
+    results.update({variant: float(np.median(values)) for variant, values in timings.items()})
     # input_mode "memory" (the path of backends without TensorFlow): augmenting decoded arrays on
     # the host with OpenCV, one thread, at the training size and at the size handed to a model
     # that resizes its own inputs.
@@ -121,6 +142,9 @@ def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: 
         ("ours_256 / original", "ours_256", "original", 1),
         ("ours_default / decode_only", "ours_default", "decode_only", 3),
         ("ours_default_resize_in_model / decode_only", "ours_default_resize_in_model", "decode_only", 3),
+        ("ours_default / ours_default_unmeasured", "ours_default", "ours_default_unmeasured", 2),
+        ("ours_default_resize_in_model / unmeasured", "ours_default_resize_in_model",
+         "ours_default_resize_in_model_unmeasured", 2),
         ("augmented_resize_in_model / augmented", "ours_default_augmented_resize_in_model",
          "ours_default_augmented", 2),
         ("memory_augmented_resize_in_model / memory_augmented", "memory_augmented_resize_in_model",
@@ -139,6 +163,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a small run (seconds) that checks the script works")
     parser.add_argument("--output", default="input_pipeline", help="report name under reports/bench/")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds of the file pipelines; the median is reported (default 3)")
     arguments = parser.parse_args()
     fer_count, large_count = (64, 32) if arguments.quick else (4000, 600)
     images_wanted = 128 if arguments.quick else 6000
@@ -148,10 +174,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_input_") as work:
         work_dir = Path(work)
         fer_root, fer_frame = common.fer_images(fer_count)
-        rows += measure("fer2013_48px", fer_root, fer_frame, work_dir, images_wanted, original_images)
+        rounds = 1 if arguments.quick else max(1, arguments.rounds)
+        rows += measure("fer2013_48px", fer_root, fer_frame, work_dir, images_wanted, original_images, rounds)
         large_root, large_frame = common.generated_images(work_dir, large_count)
         rows += measure("generated_512px", large_root, large_frame, work_dir,
-                        images_wanted // 4, original_images // 2)
+                        images_wanted // 4, original_images // 2, rounds)
     common.print_table("Input pipeline, images per second (ratios in the last rows)", rows,
                        ["dataset", "variant", "images_per_second"])
     common.write_report(arguments.output, {
@@ -159,6 +186,7 @@ def main() -> None:
         "batch_size": BATCH_SIZE,
         "default_training_size": common.DEFAULT_TRAINING_SIZE,
         "original_size": common.ORIGINAL_SIZE,
+        "rounds": 1 if arguments.quick else max(1, arguments.rounds),
         "machine": common.machine_description(),
         "results": rows,
     })
