@@ -18,10 +18,7 @@ RGB JPEGs with a face box (like AffectNet's photos):
    for a model built with ``resize_in_model = true``, which enlarges its inputs itself: crops
    smaller than the training size (FER2013's) are batched and augmented at their own size;
    larger ones (the 512-pixel photos) are still shrunk here, so those rows repeat rows 4 and 3;
-9. ``ours_default_unmeasured`` and ``ours_default_resize_in_model_unmeasured``: rows 4 and 8
-   from a manifest without the image sizes the labels stage records: the crops' common size
-   is then sampled from 32 headers and every image's size is checked as it is decoded;
-10. ``memory_augmented`` and ``memory_augmented_resize_in_model``: ``input_mode = "memory"``'s
+9. ``memory_augmented`` and ``memory_augmented_resize_in_model``: ``input_mode = "memory"``'s
    host-side augmentation (OpenCV, one thread) of decoded arrays at the training size and at
    the size handed to a model with ``resize_in_model``.
 
@@ -83,13 +80,12 @@ def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: 
     size = common.DEFAULT_TRAINING_SIZE
     results: dict[str, float] = {}
 
-    def ours(image_size: int, generator_config, resize_in_model: bool = False, rows=frame):
-        dataset = input_pipeline.make_dataset(rows, images_root, image_size, 3, BATCH_SIZE, training=True,
+    def ours(image_size: int, generator_config, resize_in_model: bool = False):
+        dataset = input_pipeline.make_dataset(frame, images_root, image_size, 3, BATCH_SIZE, training=True,
                                               generator_config=generator_config, resize_in_model=resize_in_model)
         return dataset.repeat()
 
     results["original"] = common.time_batches(original_loader_batches(paths * 4, BATCH_SIZE // 4), original_images)
-    unmeasured = frame.assign(image_width=np.nan, image_height=np.nan)
     # The file pipelines, each a function giving a fresh batch iterator. They are timed in
     # ``rounds`` interleaved rounds and the median kept: on a shared machine the speed moves
     # by up to half between runs, and a variant measured alone after another can look faster
@@ -103,11 +99,6 @@ def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: 
         # training size leave the pipeline at their own size (larger ones are resized as above).
         "ours_default_resize_in_model": lambda: ours(size, plain, True),
         "ours_default_augmented_resize_in_model": lambda: ours(size, augmented, True),
-        # Rows 4 and 8 without the manifest's image sizes (as a manifest written before the
-        # labels stage recorded them): the crops' common size is sampled, and each image's
-        # size is checked as it is decoded.
-        "ours_default_unmeasured": lambda: ours(size, plain, rows=unmeasured),
-        "ours_default_resize_in_model_unmeasured": lambda: ours(size, plain, True, rows=unmeasured),
     }
     timings: dict[str, list[float]] = {variant: [] for variant in file_pipelines}
     for _round in range(rounds):
@@ -142,9 +133,6 @@ def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: 
         ("ours_256 / original", "ours_256", "original", 1),
         ("ours_default / decode_only", "ours_default", "decode_only", 3),
         ("ours_default_resize_in_model / decode_only", "ours_default_resize_in_model", "decode_only", 3),
-        ("ours_default / ours_default_unmeasured", "ours_default", "ours_default_unmeasured", 2),
-        ("ours_default_resize_in_model / unmeasured", "ours_default_resize_in_model",
-         "ours_default_resize_in_model_unmeasured", 2),
         ("augmented_resize_in_model / augmented", "ours_default_augmented_resize_in_model",
          "ours_default_augmented", 2),
         ("memory_augmented_resize_in_model / memory_augmented", "memory_augmented_resize_in_model",
@@ -168,13 +156,13 @@ def main() -> None:
     arguments = parser.parse_args()
     fer_count, large_count = (64, 32) if arguments.quick else (4000, 600)
     images_wanted = 128 if arguments.quick else 6000
+    rounds = 1 if arguments.quick else max(1, arguments.rounds)
     original_images = 32 if arguments.quick else 384
 
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench_input_") as work:
         work_dir = Path(work)
         fer_root, fer_frame = common.fer_images(fer_count)
-        rounds = 1 if arguments.quick else max(1, arguments.rounds)
         rows += measure("fer2013_48px", fer_root, fer_frame, work_dir, images_wanted, original_images, rounds)
         large_root, large_frame = common.generated_images(work_dir, large_count)
         rows += measure("generated_512px", large_root, large_frame, work_dir,
@@ -186,7 +174,7 @@ def main() -> None:
         "batch_size": BATCH_SIZE,
         "default_training_size": common.DEFAULT_TRAINING_SIZE,
         "original_size": common.ORIGINAL_SIZE,
-        "rounds": 1 if arguments.quick else max(1, arguments.rounds),
+        "rounds": rounds,
         "machine": common.machine_description(),
         "results": rows,
     })
