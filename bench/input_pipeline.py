@@ -18,7 +18,11 @@ RGB JPEGs with a face box (like AffectNet's photos):
    for a model built with ``resize_in_model = true``, which enlarges its inputs itself: crops
    smaller than the training size (FER2013's) are batched and augmented at their own size;
    larger ones (the 512-pixel photos) are still shrunk here, so those rows repeat rows 4 and 3;
-9. ``memory_augmented`` and ``memory_augmented_resize_in_model``: ``input_mode = "memory"``'s
+9. ``ours_default_per_file`` and ``ours_default_resize_in_model_per_file``: rows 4 and 8 with
+   ``input_pipeline.READ_WHOLE_BATCHES`` off, one file per tf.data element instead of one
+   training batch (done only for crops of one size that are not decoded at reduced scale: the
+   512-pixel photos are read one file per element either way, so there these rows repeat 4 and 8);
+10. ``memory_augmented`` and ``memory_augmented_resize_in_model``: ``input_mode = "memory"``'s
    host-side augmentation (OpenCV, one thread) of decoded arrays at the training size and at
    the size handed to a model with ``resize_in_model``.
 
@@ -80,7 +84,10 @@ def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: 
     size = common.DEFAULT_TRAINING_SIZE
     results: dict[str, float] = {}
 
-    def ours(image_size: int, generator_config, resize_in_model: bool = False):
+    def ours(image_size: int, generator_config, resize_in_model: bool = False, whole_batches: bool = True):
+        # Read when make_dataset builds the dataset: training batches read whole (the default)
+        # or one file per element.
+        input_pipeline.READ_WHOLE_BATCHES = whole_batches
         dataset = input_pipeline.make_dataset(frame, images_root, image_size, 3, BATCH_SIZE, training=True,
                                               generator_config=generator_config, resize_in_model=resize_in_model)
         return dataset.repeat()
@@ -99,11 +106,15 @@ def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: 
         # training size leave the pipeline at their own size (larger ones are resized as above).
         "ours_default_resize_in_model": lambda: ours(size, plain, True),
         "ours_default_augmented_resize_in_model": lambda: ours(size, augmented, True),
+        # Rows 4 and 8 reading one file per tf.data element instead of a whole batch per element.
+        "ours_default_per_file": lambda: ours(size, plain, whole_batches=False),
+        "ours_default_resize_in_model_per_file": lambda: ours(size, plain, True, whole_batches=False),
     }
     timings: dict[str, list[float]] = {variant: [] for variant in file_pipelines}
     for _round in range(rounds):
         for variant, batches in file_pipelines.items():
             timings[variant].append(common.time_batches(batches(), images_wanted))
+    input_pipeline.READ_WHOLE_BATCHES = True
     results.update({variant: float(np.median(values)) for variant, values in timings.items()})
     # input_mode "memory" (the path of backends without TensorFlow): augmenting decoded arrays on
     # the host with OpenCV, one thread, at the training size and at the size handed to a model
@@ -133,6 +144,10 @@ def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: 
         ("ours_256 / original", "ours_256", "original", 1),
         ("ours_default / decode_only", "ours_default", "decode_only", 3),
         ("ours_default_resize_in_model / decode_only", "ours_default_resize_in_model", "decode_only", 3),
+        ("ours_default_per_file / decode_only", "ours_default_per_file", "decode_only", 3),
+        ("ours_default_resize_in_model_per_file / decode_only", "ours_default_resize_in_model_per_file",
+         "decode_only", 3),
+        ("ours_default / ours_default_per_file", "ours_default", "ours_default_per_file", 2),
         ("augmented_resize_in_model / augmented", "ours_default_augmented_resize_in_model",
          "ours_default_augmented", 2),
         ("memory_augmented_resize_in_model / memory_augmented", "memory_augmented_resize_in_model",

@@ -288,6 +288,62 @@ def test_augmentation_only_for_training_and_values_stay_in_range(tmp_path):
     assert differences.min() > 1.0
 
 
+def test_training_batches_of_one_crop_size_are_read_whole_and_each_pass_is_a_new_permutation(tmp_path, monkeypatch):
+    filenames, _ = copy_fer_images(tmp_path, per_class=5)
+    # Each row its own label, so that labels name the rows a batch holds.
+    rows = list(range(len(filenames)))
+    frame = manifest_frame(filenames, rows)
+    calls = []
+    read_whole = input_pipeline._training_batches_read_whole
+    monkeypatch.setattr(input_pipeline, "_training_batches_read_whole",
+                        lambda *arguments: calls.append(1) or read_whole(*arguments))
+    # Pillow's images of each row, to compare what the batches hold with.
+    expected, _ = load_arrays(frame, tmp_path, 40, 1)
+
+    def passes(dataset, count):
+        iterator = iter(dataset.repeat(count))
+        return [(images.numpy(), labels.numpy()) for images, labels in iterator]
+
+    dataset = make_dataset(frame, tmp_path, 40, 1, 4, True, no_augmentation(), seed=3)
+    assert calls == [1]
+    batches = passes(dataset, 2)
+    # 15 rows in batches of 4: three full batches and one of 3 per pass.
+    assert sorted(len(labels) for _, labels in batches) == [3, 3, 4, 4, 4, 4, 4, 4]
+    first, second = [np.concatenate([labels for _, labels in half]) for half in (batches[:4], batches[4:])]
+    assert sorted(first) == sorted(second) == rows  # every row once per pass
+    assert list(first) != list(second)  # reshuffled
+    for images, labels in batches:
+        assert np.abs(images - expected[labels]).mean() < 1.0
+    # The same seed draws the same batches (their order may vary: decoding is parallel).
+    compositions = lambda batches: sorted(tuple(sorted(labels)) for _, labels in batches)
+    again = passes(make_dataset(frame, tmp_path, 40, 1, 4, True, no_augmentation(), seed=3), 1)
+    assert compositions(again) == compositions(batches[:4])
+    # Several replicas need full batches: a pass then leaves out the rows of the last one.
+    full = passes(make_dataset(frame, tmp_path, 40, 1, 4, True, no_augmentation(), drop_remainder=True), 2)
+    assert [len(labels) for _, labels in full] == [4] * 6
+    # The per-file path (READ_WHOLE_BATCHES off) delivers the same images.
+    monkeypatch.setattr(input_pipeline, "READ_WHOLE_BATCHES", False)
+    per_file = passes(make_dataset(frame, tmp_path, 40, 1, 4, True, no_augmentation()), 1)
+    assert len(calls) == 3
+    assert sorted(np.concatenate([labels for _, labels in per_file])) == rows
+    for images, labels in per_file:
+        assert np.abs(images - expected[labels]).mean() < 1.0
+
+
+def test_a_corrupt_file_in_a_batch_read_whole_costs_only_itself(tmp_path):
+    """Its batch fails as a whole; the batch's other rows are read again one by one at the end of the pass."""
+    filenames, _ = copy_fer_images(tmp_path, per_class=4)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    rows = list(range(len(filenames) + 1))
+    frame = manifest_frame(filenames + ["broken.jpg"], rows)
+    counter = input_pipeline.DecodeCounter()
+    dataset = make_dataset(frame, tmp_path, 32, 1, 5, True, no_augmentation(), decode_counter=counter)
+    for _pass in range(2):
+        delivered = np.concatenate([labels.numpy() for _, labels in dataset])
+        assert sorted(delivered) == rows[:-1]
+    assert counter.skipped() == 2 and counter.skipped_files() == [str(tmp_path / "broken.jpg")]
+
+
 def test_unreadable_file_is_skipped_not_fatal(tmp_path):
     filenames, labels = copy_fer_images(tmp_path, per_class=2)
     (tmp_path / "broken.jpg").write_bytes(b"this is not an image")

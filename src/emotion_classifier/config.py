@@ -150,6 +150,8 @@ class GeneratorConfig:
 
     # Parallel decode calls; 0 means tf.data.AUTOTUNE.
     parallel_calls: int = 0
+    # File names held for shuffling training rows. Training on face crops of one size (FER2013)
+    # reads whole batches and draws a full permutation every pass instead, so it is unused there.
     shuffle_buffer: int = 10_000
     # Keep decoded images in memory after the first epoch (small datasets only): resized, or
     # as uint8 face crops when all crops share one size (make_dataset then resizes per batch).
