@@ -288,6 +288,48 @@ def test_augmentation_only_for_training_and_values_stay_in_range(tmp_path):
     assert differences.min() > 1.0
 
 
+class FixedDraws:
+    """Stands in for tf.random.Generator: every uniform draw at the same point of its range."""
+
+    def __init__(self, fraction: float):
+        self.fraction = fraction
+
+    def uniform(self, shape, minval=0.0, maxval=1.0):
+        import tensorflow as tf
+
+        return tf.fill(shape, minval + self.fraction * (maxval - minval))
+
+
+def test_tf_data_augmentation_applies_rotation_zoom_and_shift_as_one_affine_map_like_opencv(tmp_path):
+    """The same draws give the same image as in_memory.FaceAugmentation's cv2.warpAffine."""
+    import cv2
+
+    filenames, labels = copy_fer_images(tmp_path, per_class=1)
+    images, _ = load_arrays(manifest_frame(filenames, labels), tmp_path, 48, 1)
+    settings = GeneratorConfig(flip=False, rotation_degrees=20.0, zoom=0.2, translation=0.1, contrast=0.0)
+    augmentation = input_pipeline.build_augmentation(settings)
+    augmentation.random = FixedDraws(0.75)  # angle 10 degrees, scale 1.1, shift 5% of the size
+    augmented = augmentation(images).numpy()
+    matrix = cv2.getRotationMatrix2D((48 / 2 - 0.5, 48 / 2 - 0.5), 10.0, 1.1)
+    matrix[:, 2] += 0.05 * 48
+    for image, result in zip(images, augmented):
+        expected = cv2.warpAffine(image, matrix, (48, 48), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        # Away from the reflected borders, where the two libraries' edge rules differ; OpenCV
+        # interpolates at 1/32 pixel (fixed point), a few grey levels at sharp edges.
+        interior = np.abs(expected[6:-6, 6:-6] - result[6:-6, 6:-6, 0])
+        assert interior.mean() < 0.5 and interior.max() < 4.0
+        assert np.abs(expected - result[..., 0]).mean() < 1.0
+    # Flip and contrast as FaceAugmentation draws them: 0.25 < 0.5 flips; factor 1 - 0.5 * 0.5.
+    settings = GeneratorConfig(flip=True, rotation_degrees=0.0, zoom=0.0, translation=0.0, contrast=0.5)
+    augmentation = input_pipeline.build_augmentation(settings)
+    augmentation.random = FixedDraws(0.25)
+    flipped = images[:, :, ::-1]
+    mean = flipped.mean(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(augmentation(images).numpy(), np.clip((flipped - mean) * 0.75 + mean, 0, 255),
+                               atol=1e-3)
+    assert input_pipeline.build_augmentation(GeneratorConfig(augment=False)) is None
+
+
 def test_training_batches_of_one_crop_size_are_read_whole_and_each_pass_is_a_new_permutation(tmp_path, monkeypatch):
     filenames, _ = copy_fer_images(tmp_path, per_class=5)
     # Each row its own label, so that labels name the rows a batch holds.

@@ -96,11 +96,12 @@ def split_arrays(frame: pd.DataFrame, split_name: str, images_root: str | Path, 
 class FaceAugmentation:
     """Random geometric and photometric changes of face crops, on the host, per image.
 
-    The same settings as the tf.data path's Keras layers (``[generator]``): horizontal flip,
+    The same settings as the tf.data path's ``input_pipeline.BatchAugmentation`` (``[generator]``), drawn
+    and applied the same way: horizontal flip,
     rotation of up to ``rotation_degrees``, zoom of up to ``zoom`` (a fraction, in or out),
     translation of up to ``translation`` of the size, contrast factor in ``1 +- contrast``, and
     with probability ``random_erasing`` a rectangle of 2-33% of the area filled with noise
-    (Zhong et al. 2020). Borders are filled by reflection, as Keras' layers do.
+    (Zhong et al. 2020). Borders are filled by reflection.
     """
 
     def __init__(self, generator_config):
