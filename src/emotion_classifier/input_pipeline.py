@@ -145,12 +145,13 @@ class BatchAugmentation:
     ``rotation_degrees``, zoom by a factor in ``1 +- zoom`` and translation of up to
     ``translation`` of the size, drawn per image and applied together as one affine resampling
     (bilinear, borders filled by reflection; the host's reflection leaves out the edge pixel,
-    cv2.BORDER_REFLECT_101, a one-pixel difference at the borders); a contrast factor in ``1 +- contrast`` around each
-    image's mean; and Keras' ``RandomErasing`` with probability ``random_erasing``.
+    cv2.BORDER_REFLECT_101, a one-pixel difference at the borders); a contrast factor in
+    ``1 +- contrast`` around each image's mean; and Keras' ``RandomErasing`` with probability
+    ``random_erasing``.
 
     Keras' RandomRotation, RandomZoom and RandomTranslation resample a batch once each; one
-    resampling is 1.9x faster on 112-pixel batches (docs/performance.md) and softens the faces
-    less. Values stay in [0, 255]. TensorFlow only (it runs in tf.data maps); the random numbers
+    resampling made augmented 112-pixel batches 1.8x faster (docs/performance.md) and softens
+    the faces less. Values stay in [0, 255]. TensorFlow only (it runs in tf.data maps); the random numbers
     come from a ``tf.random.Generator`` seeded by ``seed``.
     """
 
