@@ -86,7 +86,7 @@ def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: 
 
     def ours(image_size: int, generator_config, resize_in_model: bool = False, whole_batches: bool = True):
         # Read when make_dataset builds the dataset: training batches read whole (the default)
-        # or one file per element.
+        # or one file per element. Every file pipeline below is built here, so each sets it.
         input_pipeline.READ_WHOLE_BATCHES = whole_batches
         dataset = input_pipeline.make_dataset(frame, images_root, image_size, 3, BATCH_SIZE, training=True,
                                               generator_config=generator_config, resize_in_model=resize_in_model)
@@ -114,7 +114,6 @@ def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: 
     for _round in range(rounds):
         for variant, batches in file_pipelines.items():
             timings[variant].append(common.time_batches(batches(), images_wanted))
-    input_pipeline.READ_WHOLE_BATCHES = True
     results.update({variant: float(np.median(values)) for variant, values in timings.items()})
     # input_mode "memory" (the path of backends without TensorFlow): augmenting decoded arrays on
     # the host with OpenCV, one thread, at the training size and at the size handed to a model

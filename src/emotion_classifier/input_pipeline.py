@@ -680,11 +680,9 @@ def _training_batches_read_whole(paths: np.ndarray, boxes: np.ndarray, labels: n
             return tf.identity(image), labels_tensor[row]
 
     def retry_pending(_):
-        """The rows of batches that failed in this pass, one file per element."""
+        """The rows of batches that failed in this pass, one file per element (the flags are
+        cleared when the next pass starts)."""
         rows = tf.where(pending.read_value())[:, 0]
-        with tf.control_dependencies([rows]):
-            with tf.control_dependencies([pending.assign(tf.zeros([row_count], tf.bool))]):
-                rows = tf.identity(rows)
         singles = tf.data.Dataset.from_tensor_slices(rows).map(read_one, num_parallel_calls=parallel_calls,
                                                                deterministic=False)
         return singles.ignore_errors(log_warning=True).batch(batch_size, drop_remainder=drop_remainder)
