@@ -25,6 +25,11 @@ RGB JPEGs with a face box (like AffectNet's photos):
 10. ``memory_augmented`` and ``memory_augmented_resize_in_model``: ``input_mode = "memory"``'s
    host-side augmentation (OpenCV, one thread) of decoded arrays at the training size and at
    the size handed to a model with ``resize_in_model``.
+11. ``host_files_default`` and ``host_files_default_pillow``: the file path that needs no
+   TensorFlow (``input_mode = "arrays"``, the GPU machine's): ``input_pipeline.ImageBatches``
+   decoding and resizing every batch on the host, one thread per CPU core as Keras' PyDataset
+   workers do, at the default size without augmentation; plain JPEGs decoded by OpenCV (the
+   default) and, in the second row, by Pillow (``DECODE_PLAIN_JPEGS_WITH_OPENCV`` off).
 
 The decode-only ceiling decodes each file at its own size; at the default training size our
 pipeline also resizes every image (FER2013's 48-pixel faces are enlarged to 112, a float
@@ -40,8 +45,11 @@ Writes reports/bench/input_pipeline.json.
 from __future__ import annotations
 
 import argparse
+import collections
+import concurrent.futures
 import dataclasses
 import itertools
+import os
 import tempfile
 from pathlib import Path
 
@@ -63,6 +71,26 @@ def original_loader_batches(paths: list[str], batch_size: int):
     for start in range(0, len(paths), batch_size):
         batch = paths[start:start + batch_size]
         yield np.array([skimage.transform.resize(skimage.io.imread(p), (256, 256, 3)) for p in batch]) / 255.0
+
+
+def host_file_batches(frame, images_root: Path, image_size: int, opencv: bool):
+    """ImageBatches' training batches made by one thread per core, as Keras' PyDataset workers do."""
+    batches = input_pipeline.ImageBatches(frame, images_root, image_size, 3, BATCH_SIZE, training=True,
+                                          generator_config=GeneratorConfig(augment=False))
+    workers = os.cpu_count() or 1
+    # Read when load_image runs: set as the first batch is asked for (the timing's start-up),
+    # and back to the default once the timing drops this generator.
+    input_pipeline.DECODE_PLAIN_JPEGS_WITH_OPENCV = opencv
+    try:
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            pending = collections.deque(pool.submit(batches.__getitem__, index % len(batches))
+                                        for index in range(2 * workers))
+            for index in itertools.count(len(pending)):
+                batch = pending.popleft().result()
+                pending.append(pool.submit(batches.__getitem__, index % len(batches)))
+                yield batch
+    finally:
+        input_pipeline.DECODE_PLAIN_JPEGS_WITH_OPENCV = True
 
 
 def decode_only(paths: list[str], batch_size: int):
@@ -109,6 +137,8 @@ def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: 
         # Rows 4 and 8 reading one file per tf.data element instead of a whole batch per element.
         "ours_default_per_file": lambda: ours(size, plain, whole_batches=False),
         "ours_default_resize_in_model_per_file": lambda: ours(size, plain, True, whole_batches=False),
+        "host_files_default": lambda: host_file_batches(frame, images_root, size, opencv=True),
+        "host_files_default_pillow": lambda: host_file_batches(frame, images_root, size, opencv=False),
     }
     timings: dict[str, list[float]] = {variant: [] for variant in file_pipelines}
     for _round in range(rounds):
@@ -154,6 +184,8 @@ def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: 
         ("ours_default_cached / decode_only", "ours_default_cached", "decode_only", 3),
         ("tfrecords_default / decode_only", "tfrecords_default", "decode_only", 3),
         ("tfrecords_default / ours_default", "tfrecords_default", "ours_default", 2),
+        ("host_files_default / decode_only", "host_files_default", "decode_only", 3),
+        ("host_files_default / host_files_default_pillow", "host_files_default", "host_files_default_pillow", 2),
     ]
     rows += [{"dataset": name, "variant": f"ratio {label}",
               "images_per_second": round(results[numerator] / results[denominator], decimals)}

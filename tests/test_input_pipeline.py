@@ -531,3 +531,87 @@ def test_handover_size_is_the_faces_own_only_for_models_that_enlarge_them(tmp_pa
     assert input_pipeline.handover_size(frame, root, 32, 0.0, resize_in_model=True) == 32  # shrunk on the host
     assert input_pipeline.handover_size(frame, root, 64, 0.0, resize_in_model=False) == 64
     assert input_pipeline.handover_size(frame, root, 64, 0.0, resize_in_model=True, equalize_histogram=True) == 64
+
+
+def _photo(size=(300, 200), seed=0) -> Image.Image:
+    """A smooth colour photo-like image (width, height), so JPEG keeps its structure."""
+    coarse = np.random.default_rng(seed).integers(0, 256, size=(6, 9, 3), dtype=np.uint8)
+    return Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC)
+
+
+def _pillow_only(monkeypatch):
+    """Make load_image decode every file with Pillow (the route of files that are not plain JPEGs)."""
+    monkeypatch.setattr(input_pipeline, "_decode_plain_jpeg", lambda *arguments: None)
+
+
+def test_plain_jpegs_decode_through_opencv_to_the_pixels_pillow_gives(tmp_path, monkeypatch):
+    # FER2013's grey faces, colour photos with 4:2:0 and 4:4:4 chroma, a progressive one, and a
+    # large photo whose face crop decodes at 1/4 scale: OpenCV must give Pillow's pixels exactly.
+    filenames, _ = copy_fer_images(tmp_path, per_class=2)
+    cases = [(tmp_path / name, size, channels, box)
+             for name in filenames
+             for size, channels, box in ((48, 1, None), (112, 3, None), (40, 3, (5, 6, 30, 36)), (64, 1, (4, 4, 40, 40)))]
+    _photo().save(tmp_path / "subsampled.jpg", quality=90)
+    _photo(seed=1).save(tmp_path / "full_chroma.jpg", quality=90, subsampling=0)
+    _photo(seed=2).save(tmp_path / "progressive.jpg", quality=85, progressive=True)
+    _photo((700, 500), seed=3).save(tmp_path / "large.jpg", quality=92)
+    for name in ("subsampled.jpg", "full_chroma.jpg", "progressive.jpg"):
+        cases += [(tmp_path / name, 64, 3, None), (tmp_path / name, 400, 3, None), (tmp_path / name, 32, 1, (20, 30, 150, 120))]
+    cases += [(tmp_path / "large.jpg", 96, 3, (40.0, 60.0, 400.0, 420.0)), (tmp_path / "large.jpg", 48, 1, None)]
+
+    for path, size, channels, box in cases:
+        assert input_pipeline.plain_jpeg_header(path.read_bytes()) is not None, path
+        decoded = input_pipeline._decode_plain_jpeg(path, size, box, 0.1)
+        assert decoded is not None, path
+        with Image.open(path) as opened:
+            crop = crop_bounds(box, 0.1, *opened.size) if box is not None else (0, 0, *opened.size)
+            denominator = input_pipeline.jpeg_scale_denominator(crop[3] - crop[1], crop[2] - crop[0], size)
+            if denominator > 1:
+                opened.draft(None, (opened.size[0] // denominator, opened.size[1] // denominator))
+            np.testing.assert_array_equal(decoded[0], np.asarray(opened), err_msg=str(path))
+    assert input_pipeline._decode_plain_jpeg(tmp_path / "large.jpg", 96, (40.0, 60.0, 400.0, 420.0), 0.1)[0].shape \
+        == (125, 175, 3), "a 400-pixel crop at 96 pixels decodes at 1/4 scale"
+
+    fast = [load_image(path, size, channels, box, 0.1) for path, size, channels, box in cases]
+    _pillow_only(monkeypatch)
+    for pixels, (path, size, channels, box) in zip(fast, cases):
+        np.testing.assert_array_equal(pixels, load_image(path, size, channels, box, 0.1), err_msg=str(path))
+
+
+def test_files_that_are_not_plain_jpegs_are_left_to_pillow(tmp_path):
+    rotated_exif = Image.Exif()
+    rotated_exif[0x0112] = 6
+    _photo().save(tmp_path / "rotated.jpg", exif=rotated_exif)
+    _photo().convert("CMYK").save(tmp_path / "cmyk.jpg")
+    _photo().save(tmp_path / "photo.png")
+    _photo().save(tmp_path / "whole.jpg")
+    whole = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(whole[:len(whole) // 2])
+    (tmp_path / "garbage.jpg").write_bytes(b"\xff\xd8\xff" + bytes(range(256)) * 4 + b"\xff\xd9")
+    assert input_pipeline.plain_jpeg_header(whole)[0:3] == (200, 300, 3)
+    for name in ("rotated.jpg", "cmyk.jpg", "photo.png", "truncated.jpg", "garbage.jpg"):
+        assert input_pipeline.plain_jpeg_header((tmp_path / name).read_bytes()) is None, name
+        assert input_pipeline._decode_plain_jpeg(tmp_path / name, 64, None, 0.0) is None, name
+    # Pillow then decodes what it can and reports what it cannot.
+    assert load_image(tmp_path / "rotated.jpg", 20, 3).shape == (20, 20, 3)
+    assert load_image(tmp_path / "photo.png", 20, 3).shape == (20, 20, 3)
+    for name in ("truncated.jpg", "garbage.jpg"):
+        with pytest.raises(OSError):
+            load_image(tmp_path / name, 20, 3)
+
+
+def test_enlarging_gives_the_tf_data_paths_bilinear_values_into_a_given_slot(tmp_path):
+    import tensorflow as tf
+
+    filenames, _ = copy_fer_images(tmp_path, per_class=1)
+    with Image.open(tmp_path / filenames[0]) as opened:
+        decoded = np.asarray(opened, dtype="float32")[np.newaxis, ..., np.newaxis]
+    expected = tf.image.resize(decoded, [112, 112], method="bilinear").numpy()[0]
+    batch = np.zeros((2, 112, 112, 3), dtype="float32")
+    returned = load_image(tmp_path / filenames[0], 112, 3, out=batch[1])
+    assert np.shares_memory(returned, batch) and not batch[0].any()
+    np.testing.assert_allclose(batch[1], np.repeat(expected, 3, axis=-1), atol=1e-3)
+    np.testing.assert_allclose(load_image(tmp_path / filenames[0], 112, 1)[..., 0],
+                               expected[..., 0] * input_pipeline.GRAY_WEIGHTS.sum(), atol=1e-3)
+    with pytest.raises(ValueError, match="out must be"):
+        load_image(tmp_path / filenames[0], 112, 3, out=np.zeros((112, 112, 1), dtype="float32"))
