@@ -75,9 +75,9 @@ def original_loader_batches(paths: list[str], batch_size: int):
 
 def host_file_batches(frame, images_root: Path, image_size: int, opencv: bool):
     """ImageBatches' training batches made by one thread per core, as Keras' PyDataset workers do."""
-    batches = input_pipeline.ImageBatches(frame, images_root, image_size, 3, BATCH_SIZE, training=True,
-                                          generator_config=GeneratorConfig(augment=False))
     workers = os.cpu_count() or 1
+    batches = input_pipeline.ImageBatches(frame, images_root, image_size, 3, BATCH_SIZE, training=True,
+                                          generator_config=GeneratorConfig(augment=False), workers=workers)
     # Read when load_image runs: set as the first batch is asked for (the timing's start-up),
     # and back to the default once the timing drops this generator.
     input_pipeline.DECODE_PLAIN_JPEGS_WITH_OPENCV = opencv

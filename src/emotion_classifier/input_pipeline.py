@@ -943,13 +943,29 @@ def load_arrays(frame: pd.DataFrame, images_root: str | Path, image_size: int, c
             logger.warning("skipping unreadable image %s: %s", paths[index], error)
             readable[index] = False
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+    threads = workers or os.cpu_count() or 1
+    if threads > 1:
+        one_opencv_thread_per_worker()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
         for _ in tqdm(pool.map(decode, range(len(frame))), total=len(frame), desc="decoding images",
                       unit="image", disable=len(frame) < 200):
             pass
     if not readable.all():
         logger.warning("left out %d unreadable images of %d", int((~readable).sum()), len(frame))
     return images[readable], labels[readable]
+
+
+def one_opencv_thread_per_worker() -> None:
+    """Stops OpenCV's own thread pool where our threads already work one image each.
+
+    The host paths parallelise over images (PyDataset workers, load_arrays' threads); OpenCV
+    splitting each small resize or colour conversion over every core on top of that
+    oversubscribes them: measured on 2 cores, ImageBatches made 1.2-1.4x more FER2013 batches
+    per second with one OpenCV thread. The setting is OpenCV's, for the whole process.
+    """
+    import cv2
+
+    cv2.setNumThreads(1)
 
 
 class ShuffledBatches(keras.utils.PyDataset):
@@ -963,6 +979,8 @@ class ShuffledBatches(keras.utils.PyDataset):
     def __init__(self, size: int, batch_size: int, training: bool, seed: int = 0, max_batches: int = 0,
                  workers: int = 1):
         super().__init__(workers=workers, use_multiprocessing=False)
+        if workers > 1:
+            one_opencv_thread_per_worker()
         self.size = int(size)
         self.batch_size = int(batch_size)
         self.training = training
