@@ -19,7 +19,7 @@ element whose read or decode fails (``Dataset.ignore_errors(log_warning=True)``)
 a warning with the decoder's message for each dropped image and the run goes on (where a
 whole training batch is read in one call, the failed batch's other files are read again at the
 end of the pass, so only the bad file is lost). The labels
-stage opens every image beforehand (``labels.check_images``), so this is a safety net. The Pillow
+stage opens every image beforehand (``labels.check_images``), so this is a safety net. The host
 path knows which file failed: ``ImageBatches`` drops it from its batch, logs its name and counts
 it in ``unreadable_files``.
 
@@ -51,7 +51,7 @@ from emotion_classifier.manifest import FACE_BOX_COLUMNS, has_face_box, read_man
 
 logger = logging.getLogger(__name__)
 
-# ITU-R 601 luma weights, as tf.image.rgb_to_grayscale uses them; the host path (load_image) uses the same.
+# ITU-R 601 luma weights, as tf.image.rgb_to_grayscale uses them; load_image uses the same.
 GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], dtype="float32")
 
 CLASSES_FILE_NAME = "classes.json"

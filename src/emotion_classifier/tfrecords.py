@@ -11,7 +11,7 @@ Layout: ``<tfrecord_dir>/<split>_<size>x<size>x<channels>/shard-00000-of-00012.t
 Shards are rewritten only when the rows, the size, the channels or the face margin change.
 
 Each record holds ``image`` (the raw ``size * size * channels`` bytes) and ``label`` (the class
-index). Pixels come from the Pillow path (``input_pipeline.load_image``) rounded to uint8, so
+index). Pixels come from the host path (``input_pipeline.load_image``) rounded to uint8, so
 a shard holds what the file path would feed the model, to within half a grey level.
 
 Storage: a raw image takes ``size * size * channels`` bytes (37 KB at 112x112x3, 196 KB at
