@@ -165,6 +165,7 @@ JAX_CHILD = textwrap.dedent("""
     resizing = tiny_config(pathlib.Path(sys.argv[1]) / "resizing", input_mode="memory", epochs=1)
     resizing.model_4.image_size = 64
     resizing.model_4.resize_in_model = True
+    resizing.model_4.steps_per_execution = 2  # several steps per call of the jitted step, on JAX
     resizing_dir = training.train(resizing, "model_4")
     try:
         import tensorflow  # noqa: F401

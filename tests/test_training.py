@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -82,6 +83,32 @@ def test_arrays_input_mode_trains_with_capped_steps(tmp_path):
     assert summary["images_per_second"] > 0
     model, _ = model_io.load_trained_model(run_dir / "best.keras")
     assert model.output_shape == (None, 3)
+
+
+def test_steps_per_execution_runs_the_same_steps_and_leaves_the_run_fingerprint_alone(tmp_path):
+    from emotion_classifier.config import ConfigError, validate
+
+    # 9 training images in batches of 4: three steps per epoch, one call of three steps each.
+    one_by_one = tiny_config(tmp_path / "one", input_mode="memory")
+    three_at_once = tiny_config(tmp_path / "three", input_mode="memory")
+    three_at_once.model_4.steps_per_execution = 3
+    runs = [training.train(config, "model_4") for config in (one_by_one, three_at_once)]
+    metrics = [pd.read_csv(run_dir / "metrics.csv") for run_dir in runs]
+    assert metrics[0]["epoch"].tolist() == metrics[1]["epoch"].tolist() == [0, 1]
+    columns = ["loss", "accuracy", "val_loss", "val_accuracy"]
+    np.testing.assert_allclose(metrics[1][columns].to_numpy(), metrics[0][columns].to_numpy(), rtol=1e-4, atol=1e-5)
+    checkpoint = json.loads((runs[1] / "checkpoint" / "state.json").read_text())["checkpoint"]
+    compiled = keras.saving.load_model(runs[1] / "checkpoint" / checkpoint, compile=True, safe_mode=True)
+    assert compiled.steps_per_execution == 3
+    # How many steps go to the device per call does not change the result: the finished run
+    # still counts as this configuration's, and is not trained again.
+    best_mtime = (runs[1] / "best.keras").stat().st_mtime_ns
+    three_at_once.model_4.steps_per_execution = 1
+    training.train(three_at_once, "model_4")
+    assert (runs[1] / "best.keras").stat().st_mtime_ns == best_mtime
+    three_at_once.model_4.steps_per_execution = 0
+    with pytest.raises(ConfigError, match="steps_per_execution"):
+        validate(three_at_once)
 
 
 def test_classes_without_training_images_are_reported(tmp_path):

@@ -228,7 +228,8 @@ class ModelConfig:
     max_steps_per_epoch: int = 0
     # "tf_data" (parallel tf.data pipeline), "memory" (every image decoded once and cached as
     # uint8 arrays, augmented on the host with OpenCV; any Keras backend; the fastest
-    # when the dataset fits in memory) or "arrays" (decoded with Pillow every epoch; any backend).
+    # when the dataset fits in memory) or "arrays" (decoded on the host every epoch, plain
+    # JPEGs by OpenCV and other files by Pillow; any backend).
     input_mode: str = "tf_data"
     # Devices: "auto" (MultiWorkerMirroredStrategy when TF_CONFIG is set, MirroredStrategy with
     # several GPUs, else none), "none", "mirrored" (all GPUs of this machine) or "multi_worker".
@@ -238,6 +239,11 @@ class ModelConfig:
     mixed_precision: bool = False
     # XLA compilation of the training step: "auto" (Keras decides), "on" or "off".
     xla: str = "auto"
+    # Training batches per call of the compiled training step (Keras' steps_per_execution):
+    # above 1 the host's work per step (dispatch, callbacks) is paid once per that many batches,
+    # which counts for small models on fast accelerators (FER2013's 48-pixel faces on a GPU);
+    # per-batch callbacks and the progress bar then advance that many batches at a time.
+    steps_per_execution: int = 1
     # Architecture of model_4 (the custom VGG-type CNN).
     # "custom_cnn": the original's blocks (one Conv -> ReLU -> BN -> MaxPool each, Flatten head);
     # "vgg": convs_per_block Conv -> BN -> ReLU per block, global average pooling head.
@@ -592,6 +598,8 @@ def validate(config: Config) -> None:
                               f"got {model.channels}")
         if model.batch_size < 1 or model.epochs < 1:
             raise ConfigError(f"{name}: batch_size and epochs must be positive")
+        if model.steps_per_execution < 1:
+            raise ConfigError(f"{name}.steps_per_execution: must be at least 1, got {model.steps_per_execution}")
         if not 0.0 < model.class_balanced_beta < 1.0 and model.class_balanced_beta != 0.0:
             raise ConfigError(f"{name}.class_balanced_beta: must be 0 (no weighting) or in (0, 1)")
         if not 0.0 <= model.frozen_fraction <= 1.0:

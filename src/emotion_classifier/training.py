@@ -233,6 +233,8 @@ def train(config, section_name: str, force: bool = False) -> Path:
         if state:
             checkpoint_path = run_dir / CHECKPOINT_DIR_NAME / state["checkpoint"]
             model = keras.saving.load_model(checkpoint_path, compile=True, safe_mode=True)
+            # Not part of the run's fingerprint: a resumed run takes the current setting.
+            model.steps_per_execution = model_config.steps_per_execution
             if chief:
                 _truncate_metrics(run_dir / METRICS_NAME, initial_epoch)
             print(f"resuming {run_dir} after epoch {initial_epoch} of {model_config.epochs}")
@@ -243,6 +245,7 @@ def train(config, section_name: str, force: bool = False) -> Path:
                 loss=WeightedCrossEntropy(class_weights, label_smoothing=model_config.label_smoothing),
                 metrics=["accuracy"],
                 jit_compile=jit_compile,
+                steps_per_execution=model_config.steps_per_execution,
             )
 
 
@@ -372,11 +375,13 @@ def _run_fingerprint(config, section_name: str) -> str:
     """What a run's result depends on: its section, the input pipeline and the split files.
 
     The strategy is left out: it changes where training runs, not what it computes, so a run
-    interrupted on one GPU may resume on several; so is the decision calibration, which is
-    applied to the finished run (calibration.calibrate_run).
+    interrupted on one GPU may resume on several; so is steps_per_execution (how many of the same
+    steps go to the device per call), and the decision calibration, which is applied to the
+    finished run (calibration.calibrate_run).
     """
     model_settings = dict(config.to_dict()[section_name])
     model_settings.pop("strategy")
+    model_settings.pop("steps_per_execution")
     # Calibration is applied to a finished run's best model; it does not change training.
     model_settings.pop("decision_calibration")
     # Runs from before these settings existed were trained without them: their fingerprint stays.
