@@ -16,6 +16,7 @@ steps only.
     python bench/training.py             # real figures (several minutes on 2 CPU cores)
     python bench/training.py --quick     # a few steps of small models
     python bench/training.py --gpu-only  # on a machine with a GPU: the GPU figures only
+    python bench/training.py --gpu-only --steps-per-execution 8  # several steps per compiled call
 
 Without TensorFlow (``KERAS_BACKEND=jax``, as on a GPU machine that has JAX but no TensorFlow)
 the inputs are the backend-neutral ones of ``input_mode = "memory"`` and ``"arrays"``:
@@ -52,6 +53,9 @@ from emotion_classifier.models import build_model  # noqa: E402
 
 CLASSES = 7
 
+# Training steps per call of the compiled step (``--steps-per-execution``; Keras' setting).
+STEPS_PER_EXECUTION = 1
+
 
 class StepTimer:
     """Times ``model.fit`` steps after the first ``skipped`` ones (tracing and warm-up)."""
@@ -61,7 +65,8 @@ class StepTimer:
 
         class Callback(keras.callbacks.Callback):
             def on_train_batch_begin(self, batch, logs=None):
-                if batch == skipped:
+                # With several steps per call, batch callbacks see every that-many-th step only.
+                if batch >= skipped and not timer.started:
                     timer.started = time.perf_counter()
 
             def on_train_end(self, logs=None):
@@ -83,8 +88,9 @@ def training_speed(section: str, image_size: int, data, steps: int, batch_size: 
     with distribute.precision_policy(mixed_precision):
         model = build_model(section, model_config, CLASSES)
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=WeightedCrossEntropy([1.0] * CLASSES),
-                      metrics=["accuracy"])
-    skipped = 2
+                      metrics=["accuracy"], steps_per_execution=STEPS_PER_EXECUTION)
+    # Two steps of warm-up, as whole calls of the compiled step.
+    skipped = STEPS_PER_EXECUTION * math.ceil(2 / STEPS_PER_EXECUTION)
     timer = StepTimer(skipped)
     # A PyDataset may hold fewer batches than asked for: its own length is the epoch.
     is_py_dataset = isinstance(data, keras.utils.PyDataset)
@@ -175,7 +181,8 @@ def backend_neutral_main(arguments) -> None:
                     resize)
             row = {"model": section, "configuration": name, "image_size": size, "resize_in_model": resize,
                    "input_size": host_size, "device": "GPU" if gpu else "CPU",
-                   "mixed_precision": mixed, **{key: round(value, 1) for key, value in speeds.items()},
+                   "mixed_precision": mixed, "steps_per_execution": STEPS_PER_EXECUTION,
+                   **{key: round(value, 1) for key, value in speeds.items()},
                    "memory_share": round(speeds["memory"] / speeds["in_memory"], 3),
                    "files_share": round(speeds["files"] / speeds["in_memory"], 3)}
             if "original_loader" in speeds:
@@ -199,9 +206,13 @@ def main() -> None:
     parser.add_argument("--output", default="training", help="report name under reports/bench/")
     parser.add_argument("--resize-in-model", action="store_true",
                         help="models that enlarge the faces themselves; inputs at the faces' own size")
+    parser.add_argument("--steps-per-execution", type=int, default=1,
+                        help="training steps per call of the compiled step (Keras' steps_per_execution)")
     parser.add_argument("--only", nargs="*", default=None,
                         help="configurations to run (seed_original_size, seed_default_size, resnet50)")
     arguments = parser.parse_args()
+    global STEPS_PER_EXECUTION
+    STEPS_PER_EXECUTION = max(1, arguments.steps_per_execution)
     if keras.backend.backend() != "tensorflow":
         backend_neutral_main(arguments)
         return
@@ -248,7 +259,8 @@ def main() -> None:
             row = {"model": section, "configuration": name, "image_size": size,
                    "resize_in_model": arguments.resize_in_model, "input_size": int(first_images.shape[1]),
                    "device": "GPU" if gpu else "CPU",
-                   "mixed_precision": mixed, **{key: round(value, 1) for key, value in speeds.items()},
+                   "mixed_precision": mixed, "steps_per_execution": STEPS_PER_EXECUTION,
+                   **{key: round(value, 1) for key, value in speeds.items()},
                    "pipeline_share": round(speeds["pipeline"] / speeds["in_memory"], 3)}
             if "original_loader" in speeds:
                 row["pipeline_over_original"] = round(speeds["pipeline"] / speeds["original_loader"], 1)
