@@ -734,8 +734,7 @@ def load_image(path: str | Path, image_size: int, channels: int, box: Sequence[f
             # The box refers to the upright image: sides swap for EXIF orientations 5 to 8.
             upright_size = opened.size[::-1] if opened.getexif().get(0x0112, 1) in (5, 6, 7, 8) else opened.size
             if opened.format == "JPEG":
-                crop = crop_bounds(box, margin, *upright_size) if has_box else (0, 0, *upright_size)
-                denominator = jpeg_scale_denominator(crop[3] - crop[1], crop[2] - crop[0], image_size)
+                denominator = _crop_scale_denominator(box if has_box else None, margin, *upright_size, image_size)
                 if denominator > 1:
                     opened.draft(None, (opened.size[0] // denominator, opened.size[1] // denominator))
             image = ImageOps.exif_transpose(opened)
@@ -767,6 +766,14 @@ def load_image(path: str | Path, image_size: int, channels: int, box: Sequence[f
     return out
 
 
+def _crop_scale_denominator(box: Sequence[float] | None, margin: float, width: int, height: int,
+                            image_size: int) -> int:
+    """jpeg_scale_denominator for the face crop of ``box`` (the whole image when None) in an
+    upright image of ``width`` x ``height``: the JPEG scale both host decoders decode at."""
+    crop = crop_bounds(box, margin, width, height) if box is not None else (0, 0, width, height)
+    return jpeg_scale_denominator(crop[3] - crop[1], crop[2] - crop[0], image_size)
+
+
 def _resized(pixels: np.ndarray, image_size: int, out: np.ndarray | None = None) -> np.ndarray:
     """uint8 pixels (grey or RGB) resized to ``image_size`` squared with bilinear filtering, as float32.
 
@@ -781,19 +788,17 @@ def _resized(pixels: np.ndarray, image_size: int, out: np.ndarray | None = None)
 
     height, width = pixels.shape[:2]
     if height > image_size or width > image_size:
-        resized = Image.fromarray(np.ascontiguousarray(pixels)).resize((image_size, image_size),
-                                                                        Image.Resampling.BILINEAR)
-        if out is None:
-            return np.asarray(resized, dtype="float32")
-        out[...] = np.asarray(resized)
-        return out
-    pixels = pixels.astype("float32")
-    if (height, width) == (image_size, image_size):
-        if out is None:
-            return pixels
-        out[...] = pixels
-        return out
-    return cv2.resize(pixels, (image_size, image_size), dst=out, interpolation=cv2.INTER_LINEAR)
+        result = np.asarray(Image.fromarray(np.ascontiguousarray(pixels)).resize((image_size, image_size),
+                                                                                 Image.Resampling.BILINEAR))
+    elif (height, width) == (image_size, image_size):
+        result = pixels
+    else:
+        return cv2.resize(pixels.astype("float32"), (image_size, image_size), dst=out,
+                          interpolation=cv2.INTER_LINEAR)
+    if out is None:
+        return result.astype("float32")
+    out[...] = result
+    return out
 
 
 def _grey_to_rgb(pixels: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -874,8 +879,7 @@ def _decode_plain_jpeg(path: str | Path, image_size: int, box: Sequence[float] |
     height, width, components = header
     if Image.MAX_IMAGE_PIXELS is not None and height * width > Image.MAX_IMAGE_PIXELS:
         return None
-    crop = crop_bounds(box, margin, width, height) if box is not None else (0, 0, width, height)
-    denominator = jpeg_scale_denominator(crop[3] - crop[1], crop[2] - crop[0], image_size)
+    denominator = _crop_scale_denominator(box, margin, width, height, image_size)
     flags = {1: (cv2.IMREAD_GRAYSCALE, cv2.IMREAD_REDUCED_GRAYSCALE_2, cv2.IMREAD_REDUCED_GRAYSCALE_4,
                  cv2.IMREAD_REDUCED_GRAYSCALE_8),
              3: (cv2.IMREAD_COLOR, cv2.IMREAD_REDUCED_COLOR_2, cv2.IMREAD_REDUCED_COLOR_4,
@@ -1015,7 +1019,7 @@ class ShuffledBatches(keras.utils.PyDataset):
 
 
 class ImageBatches(ShuffledBatches):
-    """Batches decoded with Pillow, for training on any Keras backend (``input_mode = "arrays"``).
+    """Batches decoded on the host (load_image), for training on any Keras backend (``input_mode = "arrays"``).
 
     Training batches are reshuffled every epoch and augmented on the host by OpenCV
     (``in_memory.FaceAugmentation``, as the tf.data path's ``BatchAugmentation``): Keras'
