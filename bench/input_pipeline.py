@@ -25,7 +25,10 @@ RGB JPEGs with a face box (like AffectNet's photos):
 10. ``memory_augmented`` and ``memory_augmented_resize_in_model``: ``input_mode = "memory"``'s
    host-side augmentation (OpenCV, one thread) of decoded arrays at the training size and at
    the size handed to a model with ``resize_in_model``.
-11. ``host_files_default`` and ``host_files_default_pillow``: the file path that needs no
+11. ``ours_default_auto``: row 8 or row 4, whichever the default configuration runs
+   (``resize_in_model = "auto"``: row 8 for crops of one size smaller than the training size,
+   FER2013's; row 4 otherwise, the 512-pixel photos); not timed again.
+12. ``host_files_default`` and ``host_files_default_pillow``: the file path that needs no
    TensorFlow (``input_mode = "arrays"``, the GPU machine's): ``input_pipeline.ImageBatches``
    decoding and resizing every batch on the host, one thread per CPU core as Keras' PyDataset
    workers do, at the default size without augmentation; plain JPEGs decoded by OpenCV (the
@@ -145,6 +148,10 @@ def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: 
         for variant, batches in file_pipelines.items():
             timings[variant].append(common.time_batches(batches(), images_wanted))
     results.update({variant: float(np.median(values)) for variant, values in timings.items()})
+    # What the default configuration runs (resize_in_model = "auto", training.resolve_resize_in_model):
+    # the model's own enlargement for crops smaller than the training size, host resizing otherwise.
+    enlarged_in_model = input_pipeline.crops_smaller_than_input(frame, images_root, size, 0.0) is not None
+    results["ours_default_auto"] = results["ours_default_resize_in_model" if enlarged_in_model else "ours_default"]
     # input_mode "memory" (the path of backends without TensorFlow): augmenting decoded arrays on
     # the host with OpenCV, one thread, at the training size and at the size handed to a model
     # that resizes its own inputs.
@@ -171,6 +178,8 @@ def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: 
     # (row name, numerator, denominator, decimals)
     ratios = [
         ("ours_256 / original", "ours_256", "original", 1),
+        (f"ours_default_auto ({'in the model' if enlarged_in_model else 'on the host'}) / decode_only",
+         "ours_default_auto", "decode_only", 3),
         ("ours_default / decode_only", "ours_default", "decode_only", 3),
         ("ours_default_resize_in_model / decode_only", "ours_default_resize_in_model", "decode_only", 3),
         ("ours_default_per_file / decode_only", "ours_default_per_file", "decode_only", 3),

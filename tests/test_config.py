@@ -73,12 +73,20 @@ def test_explicit_keys_win_over_the_preset():
         (["model_4.preset=\"huge\""], "model_4.preset: unknown preset"),
         (["model_4.image_size=8"], "model_4.image_size"),
         (["no_equals_sign"], "KEY=VALUE"),
+        (["model_4.resize_in_model=\"on\""], "model_4.resize_in_model: 'on' is not one of auto, false, true"),
+        (["model_6.resize_in_model=2"], "model_6.resize_in_model: expected bool or str, got 2"),
     ],
 )
 def test_bad_values_stop_with_a_message_naming_the_key(overrides, message):
     with pytest.raises(ConfigError) as error:
         load_config(None, overrides, default_section="model_4")
     assert message in str(error.value)
+
+
+def test_resize_in_model_takes_true_false_or_auto():
+    assert Config().model_4.resize_in_model == "auto" and Config().model_6.resize_in_model == "auto"
+    for text, value in (("true", True), ("false", False), ("auto", "auto"), ("\"auto\"", "auto")):
+        assert load_config(None, [f"resize_in_model={text}"], "model_4").model_4.resize_in_model == value
 
 
 def test_unknown_key_in_a_file_names_the_file(tmp_path):

@@ -131,10 +131,16 @@ def test_build_model_dispatches_on_the_section_name():
     config.model_4.conv_filters = [4, 8]
     config.model_4.dense_units = [8]
     config.model_4.image_size = 32
+    # "auto" (the default) is decided against the training images; build_model needs the answer.
+    with pytest.raises(ValueError, match="resolve_resize_in_model"):
+        build_model("model_4", config.model_4, 3)
+    config.model_4.resize_in_model = False
     assert build_model("model_4", config.model_4, 3).name == "model_4"
     config.model_6.image_size = 32
     config.model_6.weights = "none"
-    assert build_model("model_6", config.model_6, 3).name == "model_6"
+    config.model_6.resize_in_model = True
+    model_6 = build_model("model_6", config.model_6, 3)
+    assert model_6.name == "model_6" and model_6.input_shape == (None, None, None, 3)
     with pytest.raises(ValueError):
         build_model("model_5", config.model_4, 3)
 

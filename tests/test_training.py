@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from emotion_classifier import manifest, model_io, training
 from emotion_classifier.cli import PipelineError
@@ -195,11 +197,13 @@ def test_an_image_that_fails_to_decode_during_training_is_skipped_counted_and_re
     model_io.load_trained_model(run_dir / "best.keras")
 
 
-def test_a_model_that_resizes_its_inputs_trains_on_faces_at_their_own_size(tmp_path):
+def test_a_model_that_resizes_its_inputs_trains_on_faces_at_their_own_size(tmp_path, capsys):
     config = tiny_config(tmp_path)
     config.model_4.image_size = 64  # FER's 48-pixel faces are enlarged by the model
-    config.model_4.resize_in_model = True
+    assert config.model_4.resize_in_model == "auto"  # the default decides so for these faces
     run_dir = training.train(config, "model_4")
+    assert "the face crops are 48x48, smaller than image_size 64" in capsys.readouterr().out
+    assert json.loads((run_dir / "config.json").read_text())["model_4"]["resize_in_model"] is True
     metrics = pd.read_csv(run_dir / "metrics.csv")
     assert metrics["epoch"].tolist() == [0, 1] and np.isfinite(metrics["val_loss"]).all()
     model, info = model_io.load_trained_model(run_dir / "best.keras")
@@ -212,8 +216,36 @@ def test_a_model_that_resizes_its_inputs_trains_on_faces_at_their_own_size(tmp_p
     np.testing.assert_allclose(model.predict(faces, verbose=0), model.predict(enlarged, verbose=0), atol=1e-5)
 
 
+def test_resize_in_model_auto_is_true_only_for_crops_smaller_than_the_input(tmp_path):
+    config = tiny_config(tmp_path)  # 48x48 faces
+    rows = pd.read_csv(config.paths.split_manifest).query("split == 'train'")
+
+    def resolved(image_size: int, **settings) -> bool:
+        section = dataclasses.replace(config.model_4, image_size=image_size, resize_in_model="auto", **settings)
+        training.resolve_resize_in_model(config, section, rows)
+        return section.resize_in_model
+
+    assert resolved(64) is True and resolved(112) is True
+    assert resolved(48) is False  # already the model's size: nothing to enlarge
+    assert resolved(32) is False  # shrinking stays on the host, antialiased
+    assert resolved(64, equalize_histogram=True) is False  # equalised on the model's grid
+    config.generator.source = "tfrecords"  # written at image_size
+    assert resolved(64) is False and resolved(64, input_mode="memory") is True
+    config.generator.source = "files"
+    explicit = dataclasses.replace(config.model_4, image_size=64, resize_in_model=False)
+    training.resolve_resize_in_model(config, explicit, rows)
+    assert explicit.resize_in_model is False
+    # Faces of several sizes (an image of another size in the sample): no common size, no layer.
+    for filename in rows["filename"].iloc[::2]:
+        with Image.open(Path(config.paths.images_root) / filename) as face:
+            face.resize((40, 40)).save(Path(config.paths.images_root) / filename)
+    assert resolved(64) is False
+
+
 def test_settings_added_later_leave_earlier_runs_fingerprints_alone(tmp_path):
     config = tiny_config(tmp_path)
+    # What training resolves "auto" to for these 48-pixel faces at 32 (no resizing layer).
+    config.model_4.resize_in_model = False
     before = training._run_fingerprint(config, "model_4")
     config.model_4.resize_in_model = True
     assert training._run_fingerprint(config, "model_4") != before

@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import json
 import tomllib
+import types
 import typing
 from pathlib import Path
 
@@ -214,7 +215,10 @@ class ModelConfig:
     # A resizing layer first in the model, which takes images of any size: crops smaller than
     # image_size (FER2013's 48-pixel faces at 112 or 224) are then decoded, cached (input_mode
     # "memory"), batched and augmented at their own size and enlarged on the accelerator.
-    resize_in_model: bool = False
+    # "auto": true when a sample of the training crops shares one size smaller than image_size
+    # (the host would otherwise enlarge every image of every epoch) and the images come from
+    # files without equalize_histogram; false otherwise (a run's config.json records the answer).
+    resize_in_model: bool | str = "auto"
     # After training: "none", or "prior_matching" (per-class offsets added to the final layer's
     # logits so that, on the validation split reweighted to the training class frequencies, each
     # class is predicted as often as it occurs; fitted on the views of the matching evaluation
@@ -452,6 +456,15 @@ def _coerce(key: str, value: object, expected: object) -> object:
         if isinstance(value, str):
             return value
         raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if origin is types.UnionType:
+        # ``bool | str``: true, false or a word such as "auto" (the word's choices are in _CHOICES).
+        for member in typing.get_args(expected):
+            try:
+                return _coerce(key, value, member)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {' or '.join(_describe_type(member) for member in typing.get_args(expected))}, "
+                          f"got {value!r}")
     raise ConfigError(f"{key}: unsupported type {expected!r}")  # pragma: no cover - schema bug
 
 
@@ -564,6 +577,8 @@ _CHOICES = {
     ("model_6", "input_mode"): {"tf_data", "memory", "arrays"},
     ("model_4", "strategy"): {"auto", "none", "mirrored", "multi_worker"},
     ("model_6", "strategy"): {"auto", "none", "mirrored", "multi_worker"},
+    ("model_4", "resize_in_model"): {True, False, "auto"},
+    ("model_6", "resize_in_model"): {True, False, "auto"},
     ("model_4", "xla"): {"auto", "on", "off"},
     ("model_6", "xla"): {"auto", "on", "off"},
     ("generator", "source"): {"files", "tfrecords"},
@@ -577,7 +592,9 @@ def validate(config: Config) -> None:
     for (section, key), choices in _CHOICES.items():
         value = getattr(getattr(config, section), key)
         if value not in choices:
-            raise ConfigError(f"{section}.{key}: {value!r} is not one of {', '.join(sorted(choices))}")
+            # Booleans as TOML spells them (resize_in_model's true, false or "auto").
+            names = sorted(json.dumps(choice) if isinstance(choice, bool) else choice for choice in choices)
+            raise ConfigError(f"{section}.{key}: {value!r} is not one of {', '.join(names)}")
     if config.generator.mixup < 0:
         raise ConfigError(f"generator.mixup: must not be negative, got {config.generator.mixup}")
     split = config.split

@@ -310,6 +310,23 @@ def _handed_over_unresized(common_shape: tuple[int, int] | None, image_size: int
             and common_shape[0] <= image_size and common_shape[1] <= image_size)
 
 
+def crops_smaller_than_input(frame: pd.DataFrame, images_root: str | Path, image_size: int,
+                             face_margin: float) -> tuple[int, int] | None:
+    """The common ``(height, width)`` of a sample of the face crops when it is smaller than the
+    model's ``image_size`` square (no side larger, not both equal), else None.
+
+    Such crops would be enlarged on the host for every image of every epoch, 5 or more times
+    their decoded bytes for FER2013's 48-pixel faces at 112; ``resize_in_model = "auto"`` builds
+    the model with its own resizing layer for them (training.resolve_resize_in_model).
+    """
+    if len(frame) == 0:
+        return None
+    common_shape = _common_crop_shape(_image_paths(frame, images_root), _face_boxes(frame), float(face_margin))
+    if common_shape is None or common_shape == (image_size, image_size):
+        return None
+    return common_shape if _handed_over_unresized(common_shape, image_size, True, False) else None
+
+
 def handover_size(frame: pd.DataFrame, images_root: str | Path, image_size: int, face_margin: float,
                   resize_in_model: bool, equalize_histogram: bool = False) -> int:
     """The square size the host-side inputs (``load_arrays``, ``ImageBatches``) prepare images at.
