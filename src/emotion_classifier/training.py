@@ -293,7 +293,7 @@ def resolve_resize_in_model(config, model_config, training_rows: pd.DataFrame) -
     True when a sample of the face crops shares one size smaller than ``image_size`` (FER2013's
     48-pixel faces at 112): the host then hands them over at their own size and the model's first
     layer enlarges them, instead of the host enlarging every image of every epoch (measured on
-    2 CPU cores: 0.92-1.17 of decoding alone, against 0.66-0.84 enlarging on the host). False for
+    2 CPU cores: 0.91-1.17 of decoding alone, against 0.63-0.84 enlarging on the host). False for
     larger or mixed sizes, which the host shrinks with antialiasing anyway, for TFRecords (written
     at image_size) and for equalised faces (equalised on the model's grid, after resizing).
     """
