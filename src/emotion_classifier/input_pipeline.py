@@ -322,9 +322,9 @@ def crops_smaller_than_input(frame: pd.DataFrame, images_root: str | Path, image
     if len(frame) == 0:
         return None
     common_shape = _common_crop_shape(_image_paths(frame, images_root), _face_boxes(frame), float(face_margin))
-    if common_shape is None or common_shape == (image_size, image_size):
+    if common_shape == (image_size, image_size) or not _handed_over_unresized(common_shape, image_size, True, False):
         return None
-    return common_shape if _handed_over_unresized(common_shape, image_size, True, False) else None
+    return common_shape
 
 
 def handover_size(frame: pd.DataFrame, images_root: str | Path, image_size: int, face_margin: float,
@@ -335,12 +335,11 @@ def handover_size(frame: pd.DataFrame, images_root: str | Path, image_size: int,
     a sample of them shares one square size smaller than ``image_size`` (FER2013's 48 pixels):
     then those arrays are 5 or more times smaller and augmenting them as much cheaper.
     """
-    if not resize_in_model or equalize_histogram or len(frame) == 0:
+    if not resize_in_model or equalize_histogram:
         return image_size
-    common_shape = _common_crop_shape(_image_paths(frame, images_root), _face_boxes(frame), float(face_margin))
-    if common_shape is None or common_shape[0] != common_shape[1]:
-        return image_size
-    return common_shape[0] if _handed_over_unresized(common_shape, image_size, True, False) else image_size
+    common_shape = crops_smaller_than_input(frame, images_root, image_size, face_margin)
+    # Square crops only: these arrays are square (crops equal to image_size are that size anyway).
+    return common_shape[0] if common_shape is not None and common_shape[0] == common_shape[1] else image_size
 
 
 def jpeg_scale_denominator(crop_height: int, crop_width: int, image_size: int) -> int:
