@@ -179,3 +179,18 @@ def test_model_6_resizing_its_inputs_takes_grey_faces_of_any_size():
     probabilities = keras.ops.convert_to_numpy(model(np.full((2, 24, 24, 1), 100.0, dtype="float32")))
     assert probabilities.shape == (2, 3)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["fer_vgg", "fer_vgg_cpu", "fer_vgg_wide"])
+def test_fer_presets_build_at_fer_resolution_with_their_widths(preset):
+    from emotion_classifier.config import MODEL_PRESETS, load_config
+
+    config = load_config(None, [f'model_4.preset="{preset}"', "model_4.image_size=48", "model_4.channels=1",
+                                "model_4.resize_in_model=false"])
+    model = build_model("model_4", config.model_4, 7)
+    expected = MODEL_PRESETS[preset]
+    conv_widths = [layer.filters for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert conv_widths == [width for width in expected["conv_filters"] for _ in range(expected["convs_per_block"])]
+    assert [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)] == \
+        list(expected["dense_units"]) + [7]
+    assert model.input_shape == (None, 48, 48, 1) and model.output_shape == (None, 7)
