@@ -175,14 +175,16 @@ def test_chief_is_the_chief_task_or_worker_zero_without_one(monkeypatch):
     assert distribute.is_chief(Strategy("chief", 0)) and not distribute.is_chief(Strategy("worker", 0))
 
 
-def test_mixed_precision_policy_is_scoped_and_outputs_stay_float32():
+def test_mixed_precision_policy_is_scoped_and_outputs_stay_float32(monkeypatch):
     from emotion_classifier.models import build_model_4
 
+    # As on a CPU with bfloat16 instructions, whatever this machine's CPU has.
+    monkeypatch.setattr(distribute, "cpu_has_bfloat16", lambda: True)
     before = keras.config.dtype_policy().name
     with distribute.precision_policy(True):
         model = build_model_4((32, 32, 1), 3, conv_filters=[4, 8], dense_units=[8])
     assert keras.config.dtype_policy().name == before
-    # bfloat16 on this CPU-only machine (fast through oneDNN), float16 where a GPU is present.
+    # bfloat16 on such a CPU (fast through oneDNN), float16 where an older GPU is present.
     expected = "float16" if distribute.mixed_precision_policy_name() == "mixed_float16" else "bfloat16"
     assert model.get_layer("conv_1").compute_dtype == expected
     assert model.get_layer("conv_1").variable_dtype == "float32"
@@ -190,3 +192,33 @@ def test_mixed_precision_policy_is_scoped_and_outputs_stay_float32():
     assert distribute.jit_compile_argument("off") is False and distribute.jit_compile_argument("auto") == "auto"
     with pytest.raises(ValueError, match="xla"):
         distribute.jit_compile_argument("yes")
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ("flags\t\t: fpu sse2 avx2 avx512f avx512_vnni", False),   # AVX-512 without BF16 (emulated, slow)
+    ("flags\t\t: fpu avx512f avx512_bf16 avx512_vnni", True),  # AVX512-BF16
+    ("flags\t\t: fpu avx512f amx_bf16 amx_tile", True),        # AMX
+    ("Features\t: fp asimd sve bf16 i8mm", True),                # Arm with BF16
+    ("Features\t: fp asimd crc32", False),
+    ("processor\t: 0", None),                                   # no flags line: unknown
+])
+def test_cpu_bfloat16_is_read_from_cpuinfo(tmp_path, flags, expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\n{flags}\n\nprocessor\t: 1\n{flags}\n", encoding="utf-8")
+    assert distribute.cpu_has_bfloat16(str(cpuinfo)) is expected
+    assert distribute.cpu_has_bfloat16(str(tmp_path / "missing")) is None
+
+
+def test_mixed_precision_falls_back_to_float32_on_a_cpu_without_bfloat16(monkeypatch, caplog):
+    if any("gpu" in str(device).lower() for device in keras.distribution.list_devices()):
+        pytest.skip("a GPU decides the policy here, not the CPU")
+    monkeypatch.setattr(distribute, "cpu_has_bfloat16", lambda: False)
+    with caplog.at_level("WARNING", logger=distribute.logger.name):
+        assert distribute.mixed_precision_policy_name() == "float32"
+    assert "shows no bfloat16 instructions" in caplog.text
+    with distribute.precision_policy(True):
+        assert keras.config.dtype_policy().name == "float32"
+    monkeypatch.setattr(distribute, "cpu_has_bfloat16", lambda: None)  # unknown CPU: float32 too
+    assert distribute.mixed_precision_policy_name() == "float32"
+    monkeypatch.setattr(distribute, "cpu_has_bfloat16", lambda: True)
+    assert distribute.mixed_precision_policy_name() == "mixed_bfloat16"

@@ -238,8 +238,9 @@ class ModelConfig:
     # Devices: "auto" (MultiWorkerMirroredStrategy when TF_CONFIG is set, MirroredStrategy with
     # several GPUs, else none), "none", "mirrored" (all GPUs of this machine) or "multi_worker".
     strategy: str = "auto"
-    # 16-bit computation with float32 weights: bfloat16 on CPUs and GPUs that have it (compute
-    # capability 8.0 on), else float16 with loss scaling.
+    # 16-bit computation with float32 weights: bfloat16 on GPUs that have it (compute capability
+    # 8.0 on), else float16 with loss scaling; on a CPU bfloat16 only where it has bfloat16
+    # instructions (AVX512-BF16, AMX), else float32 (emulated bfloat16 is about 3 times slower).
     mixed_precision: bool = False
     # XLA compilation of the training step: "auto" (Keras decides), "on" or "off".
     xla: str = "auto"
