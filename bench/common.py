@@ -134,6 +134,19 @@ def machine_description() -> dict:
     return description
 
 
+def cpu_model_name(cpuinfo_path: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name (Linux), else what the platform module knows."""
+    try:
+        with open(cpuinfo_path, encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
     """A plain text table: one line per row, columns padded to their widest cell."""
     cells = [[str(row.get(column, "")) for column in columns] for row in rows]

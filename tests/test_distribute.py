@@ -1,10 +1,11 @@
 """Strategies: MirroredStrategy on two logical CPUs, MultiWorkerMirroredStrategy with two local
-workers, the choice of strategy, mixed precision and XLA settings."""
+workers, the choice of strategy, mixed precision and XLA settings, oneDNN on x86 CPUs."""
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import socket
 import subprocess
 import sys
@@ -222,3 +223,21 @@ def test_mixed_precision_falls_back_to_float32_on_a_cpu_without_bfloat16(monkeyp
     assert distribute.mixed_precision_policy_name() == "float32"
     monkeypatch.setattr(distribute, "cpu_has_bfloat16", lambda: True)
     assert distribute.mixed_precision_policy_name() == "mixed_bfloat16"
+
+
+def python_output(code: str, environment: dict) -> list[str]:
+    finished = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True,
+                              timeout=300, check=True)
+    return finished.stdout.split()
+
+
+@pytest.mark.skipif(platform.machine().lower() not in {"x86_64", "amd64"}, reason="oneDNN is asked for on x86-64 only")
+def test_importing_the_package_turns_onednn_on_unless_the_user_chose():
+    without = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
+    read_back = "import os, emotion_classifier; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])"
+    assert python_output(read_back, without) == ["1"]
+    assert python_output(read_back, {**without, "TF_ENABLE_ONEDNN_OPTS": "0"}) == ["0"]  # the user's choice stays
+    # TensorFlow, imported after the package, runs its oneDNN kernels whatever this CPU's own default.
+    on = python_output("import emotion_classifier; from tensorflow.python.util import _pywrap_util_port; "
+                       "print(_pywrap_util_port.IsMklEnabled())", without)
+    assert on[-1] == "True"
