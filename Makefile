@@ -65,11 +65,13 @@ predict: venv ## Find and classify every face in INPUT (default images/) with th
 export: venv ## Export MODEL (default: the shipped model) as SavedModel and TFLite (float32, float16, int8).
 	$(VENV_PYTHON) -m emotion_classifier.export $(if $(MODEL),--model $(MODEL)) $(ARGS)
 
-bench: venv ## Run the benchmarks (input pipeline, training, label scale, predict speed); JSON in reports/bench/.
+bench: venv ## Run the benchmarks (input pipeline, training, label scale, predict speed, CPU settings); JSON in reports/bench/.
 	$(VENV_PYTHON) bench/input_pipeline.py
 	$(VENV_PYTHON) bench/training.py
 	$(VENV_PYTHON) bench/scale.py
 	$(VENV_PYTHON) bench/predict_speed.py
+	$(VENV_PYTHON) bench/mixed_precision.py
+	$(VENV_PYTHON) bench/onednn.py
 
 test: venv ## Run the default test suite (fast; slow tests excluded).
 	$(VENV_PYTHON) -m pytest

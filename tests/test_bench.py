@@ -63,3 +63,12 @@ def test_training_benchmark_quick_with_models_that_resize():
     # FER's 48 px faces go in as they are; the model enlarges them to 64 (and 48 stays 48).
     assert sizes["seed_original_size"] == (64, 48) and sizes["seed_default_size"] == (48, 48)
     assert all(row["resize_in_model"] and row["pipeline"] > 0 for row in report["results"])
+
+
+@pytest.mark.slow
+def test_onednn_benchmark_quick():
+    report = run_quick("onednn.py", "test_onednn_quick")
+    assert [(row["preset"], row["work"]) for row in report["results"]] == [("fer_vgg", "training"),
+                                                                           ("fer_vgg", "predicting")]
+    assert all(row["onednn_off_images_per_s"] > 0 and row["onednn_on_images_per_s"] > 0 for row in report["results"])
+    assert isinstance(report["tensorflow_default_onednn"], bool)

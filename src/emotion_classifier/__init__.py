@@ -8,10 +8,10 @@ import platform
 # the notices sets TF_CPP_MIN_LOG_LEVEL=0 themselves (setdefault leaves their choice alone).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# TensorFlow's x86 wheels carry oneDNN's convolution kernels but turn them on by default only on
-# CPUs with AVX512_VNNI, AVX512_BF16 or AMX. On the many cloud CPUs without those (AMD EPYC before
-# Zen 4, Intel before Cascade Lake) TensorFlow falls back to its generic Eigen kernels, and our
-# FER models train 1.6 times slower on 2 AVX2-only EPYC cores (bench/onednn.py measures it).
+# TensorFlow's x86 Linux wheels carry oneDNN's kernels but turn them on by default only on CPUs
+# with AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX. On the many cloud CPUs without those (AMD EPYC
+# before Zen 4, Intel Xeons before Cascade Lake) its generic Eigen kernels run instead, and the
+# FER models train 1.4 times slower on 2 AVX2-only EPYC cores (bench/onednn.py measures it).
 # So ask for oneDNN on every x86-64 CPU unless the user chose (TF_ENABLE_ONEDNN_OPTS=0 turns it
 # off). TensorFlow reads this once, when it is first imported: it has no effect on a process
 # that imported TensorFlow before this package. Arm is left to TensorFlow's own choice.
