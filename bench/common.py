@@ -115,6 +115,7 @@ def machine_description() -> dict:
 
     description = {
         "machine": platform.machine(),
+        "cpu": cpu_model_name(),
         "cpu_cores": os.cpu_count(),
         "python": platform.python_version(),
         "keras": keras.__version__,

@@ -122,7 +122,7 @@ def main() -> None:
                        f"median of {rounds} rounds)", rows, list(rows[0]))
     print(f"TensorFlow's own default on this CPU: oneDNN {'on' if default_on else 'off'}; "
           f"import emotion_classifier turns it on (x86-64) unless TF_ENABLE_ONEDNN_OPTS is set")
-    common.write_report(arguments.output, {"machine": {**common.machine_description(), "cpu": common.cpu_model_name()},
+    common.write_report(arguments.output, {"machine": common.machine_description(),
                                            "quick": arguments.quick, "rounds": rounds, "steps": steps,
                                            "tensorflow_default_onednn": default_on, "results": rows})
 
