@@ -41,9 +41,7 @@ def measure_in_this_process(presets: tuple[str, ...], steps: int) -> dict:
     import numpy as np
     from tensorflow.python.util import _pywrap_util_port  # the only place TensorFlow says whether oneDNN is on
 
-    from mixed_precision import BATCH_SIZE, INPUT_SHAPE, NUM_CLASSES, images_per_second
-    from emotion_classifier import models
-    from emotion_classifier.config import MODEL_PRESETS
+    from mixed_precision import BATCH_SIZE, INPUT_SHAPE, NUM_CLASSES, build_preset, images_per_second
 
     generator = np.random.default_rng(0)
     images = generator.random((BATCH_SIZE, *INPUT_SHAPE), dtype=np.float32)
@@ -52,10 +50,7 @@ def measure_in_this_process(presets: tuple[str, ...], steps: int) -> dict:
     results = {}
     for preset in presets:
         training = images_per_second(preset, "float32", steps, images, labels)
-        settings = MODEL_PRESETS[preset]
-        model = models.build_vgg(INPUT_SHAPE, NUM_CLASSES, conv_filters=settings["conv_filters"],
-                                 convs_per_block=settings["convs_per_block"], dense_units=settings["dense_units"],
-                                 conv_dropout=settings["conv_dropout"], dense_dropout=settings["dense_dropout"])
+        model = build_preset(preset)
         for _ in range(2):  # the first calls build the graph and oneDNN's kernels
             model.predict_on_batch(predict_images)
         start = time.perf_counter()
