@@ -16,6 +16,7 @@ Writes reports/bench/mixed_precision.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -24,7 +25,7 @@ import keras  # noqa: E402  (after common, which sets the import path)
 import numpy as np  # noqa: E402
 
 from emotion_classifier import distribute, models  # noqa: E402
-from emotion_classifier.config import MODEL_PRESETS  # noqa: E402
+from emotion_classifier.config import MODEL_PRESETS, ModelConfig  # noqa: E402
 
 PRESETS = ("fer_vgg", "fer_vgg_cpu")
 BATCH_SIZE = 128
@@ -33,11 +34,12 @@ NUM_CLASSES = 7
 
 
 def build_preset(preset: str) -> keras.Model:
-    """The preset's VGG at 48x48x1, 7 classes, under the current dtype policy."""
-    settings = MODEL_PRESETS[preset]
-    return models.build_vgg(INPUT_SHAPE, NUM_CLASSES, conv_filters=settings["conv_filters"],
-                            convs_per_block=settings["convs_per_block"], dense_units=settings["dense_units"],
-                            conv_dropout=settings["conv_dropout"], dense_dropout=settings["dense_dropout"])
+    """model_4 with the preset's settings at 48x48x1, 7 classes, under the current dtype policy
+    (built as training builds it, from a ModelConfig)."""
+    height, _width, channels = INPUT_SHAPE
+    model_config = ModelConfig(**copy.deepcopy(MODEL_PRESETS[preset]), image_size=height, channels=channels,
+                               resize_in_model=False)
+    return models.build_model("model_4", model_config, NUM_CLASSES)
 
 
 def images_per_second(preset: str, policy: str, steps: int, images: np.ndarray, labels: np.ndarray) -> float:
