@@ -105,19 +105,25 @@ def decision_summary(probabilities: np.ndarray, labels: np.ndarray, classes: lis
     }
 
 
-def add_to_output_bias(model, offsets: np.ndarray) -> None:
-    """Add ``offsets`` to the bias of the model's final softmax Dense layer (its logits)."""
+def output_layer(model):
+    """The model's final softmax Dense layer (with a bias), whose inputs times kernel plus bias are its logits."""
     import keras
 
     try:
         layer = model.get_layer(OUTPUT_LAYER_NAME)
     except ValueError:
-        raise PipelineError(f"decision calibration needs a final Dense layer named {OUTPUT_LAYER_NAME!r}; "
-                            "this model has none") from None
+        raise PipelineError(f"model {model.name!r} has no final Dense layer named {OUTPUT_LAYER_NAME!r}, which "
+                            "decision calibration and ensembles work on") from None
     if not isinstance(layer, keras.layers.Dense) or not layer.use_bias or \
             layer.activation is not keras.activations.softmax:
-        raise PipelineError(f"decision calibration needs {OUTPUT_LAYER_NAME!r} to be a Dense layer with a bias "
-                            "and a softmax activation")
+        raise PipelineError(f"model {model.name!r}: decision calibration and ensembles need {OUTPUT_LAYER_NAME!r} "
+                            "to be a Dense layer with a bias and a softmax activation")
+    return layer
+
+
+def add_to_output_bias(model, offsets: np.ndarray) -> None:
+    """Add ``offsets`` to the bias of the model's final softmax Dense layer (its logits)."""
+    layer = output_layer(model)
     kernel, bias = layer.get_weights()
     layer.set_weights([kernel, (bias.astype(np.float64) + offsets).astype(bias.dtype)])
 

@@ -224,6 +224,11 @@ class ModelConfig:
     # class is predicted as often as it occurs; fitted on the views of the matching evaluation
     # section's test_time_augmentation). Changing it re-calibrates a finished run, no retraining.
     decision_calibration: str = "none"
+    # An ensemble instead of a training run: the run names (folders under paths.models) of two or
+    # more finished runs of this section, whose best models become one model that averages their
+    # logits (each member's own decision offsets taken off first); the ensemble's run is then
+    # calibrated and evaluated as a trained one. Empty: train as usual.
+    ensemble_runs: list[str] = dataclasses.field(default_factory=list)
     # Class-balanced loss of Cui et al. 2019: weights from the effective number of samples.
     class_balanced_beta: float = 0.9999
     label_smoothing: float = 0.0
@@ -635,6 +640,17 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{name}.frozen_fraction: must be in [0, 1], got {model.frozen_fraction}")
         if not model.run_name:
             raise ConfigError(f"{name}.run_name: must not be empty")
+        if model.ensemble_runs:
+            if len(model.ensemble_runs) < 2 or len(set(model.ensemble_runs)) != len(model.ensemble_runs):
+                raise ConfigError(f"{name}.ensemble_runs: needs two or more different run names, got "
+                                  f"{model.ensemble_runs}")
+            if model.run_name in model.ensemble_runs:
+                raise ConfigError(f"{name}.ensemble_runs: the ensemble's own run_name {model.run_name!r} "
+                                  "cannot be one of its members")
+            for member in model.ensemble_runs:
+                if not member or member in (".", "..") or "/" in member or "\\" in member:
+                    raise ConfigError(f"{name}.ensemble_runs: {member!r} is not a run name (a folder name "
+                                      "under paths.models)")
         if model.strategy in ("mirrored", "multi_worker") and model.input_mode != "tf_data":
             raise ConfigError(f"{name}.strategy = {model.strategy!r} needs input_mode = \"tf_data\"")
     if config.generator.tfrecord_shard_images < 1:

@@ -207,6 +207,12 @@ def train(config, section_name: str, force: bool = False) -> Path:
             f"{config.paths.split_manifest}: no training images for class(es) {', '.join(missing)}; "
             "drop them in the split stage (split.drop_classes) or add images"
         )
+    if model_config.ensemble_runs:
+        from emotion_classifier import ensemble
+
+        ensemble.build_run(config, section_name, classes, counts, force)
+        _calibrate(config, section_name, run_dir, validation_rows, classes, counts)
+        return run_dir
     if mixup_alpha(config.generator) > 0 and model_config.input_mode != "memory":
         raise PipelineError(f"generator.mixup needs {section_name}.input_mode = \"memory\" "
                             f"(it is {model_config.input_mode!r})")
@@ -224,7 +230,9 @@ def train(config, section_name: str, force: bool = False) -> Path:
             _calibrate(config, section_name, run_dir, validation_rows, classes, counts)
         return run_dir
     if chief:
-        _write_run_description(config, run_dir, classes, model_config)
+        write_run_description(config, run_dir, classes, model_config.image_size, model_config.channels,
+                              run_name=model_config.run_name, preset=model_config.preset,
+                              equalize_histogram=model_config.equalize_histogram)
 
     initial_epoch = int(state["epochs_completed"]) if state else 0
     # A resumed run draws fresh random numbers for its remaining epochs rather than replaying
@@ -410,7 +418,7 @@ def _run_fingerprint(config, section_name: str) -> str:
     # Calibration is applied to a finished run's best model; it does not change training.
     model_settings.pop("decision_calibration")
     # Runs from before these settings existed were trained without them: their fingerprint stays.
-    for added_later in ("equalize_histogram", "resize_in_model"):
+    for added_later in ("equalize_histogram", "resize_in_model", "ensemble_runs"):
         if not model_settings.get(added_later):
             model_settings.pop(added_later, None)
     settings = {
@@ -438,7 +446,7 @@ def _prepare_run_folder(run_dir: Path, fingerprint: str, force: bool, may_write:
         usable = state.get("fingerprint") == fingerprint and (run_dir / CHECKPOINT_DIR_NAME / state["checkpoint"]).is_file()
         return state if usable else None
     if force:
-        _clear_run_folder(run_dir)
+        clear_run_folder(run_dir)
         return None
     if summary_path.is_file() and (run_dir / BEST_MODEL_NAME).is_file():
         summary = files.read_json(summary_path)
@@ -458,11 +466,11 @@ def _prepare_run_folder(run_dir: Path, fingerprint: str, force: bool, may_write:
         if (run_dir / CHECKPOINT_DIR_NAME / state["checkpoint"]).is_file():
             return state
         logger.warning("%s points at a missing checkpoint; starting over", state_path)
-    _clear_run_folder(run_dir)
+    clear_run_folder(run_dir)
     return None
 
 
-def _clear_run_folder(run_dir: Path) -> None:
+def clear_run_folder(run_dir: Path) -> None:
     """Remove what a previous run wrote (only the files this module writes)."""
     for name in (BEST_MODEL_NAME, METRICS_NAME, SUMMARY_NAME, "history.png", model_io.MODEL_INFO_NAME,
                  calibration.CALIBRATION_REPORT_NAME, SKIPPED_LIST_NAME):
@@ -470,16 +478,14 @@ def _clear_run_folder(run_dir: Path) -> None:
     shutil.rmtree(run_dir / CHECKPOINT_DIR_NAME, ignore_errors=True)
 
 
-def _write_run_description(config, run_dir: Path, classes: list[str], model_config) -> None:
+def write_run_description(config, run_dir: Path, classes: list[str], image_size: int, channels: int,
+                          **model_info: object) -> None:
+    """The run's configuration, code version and model info (written before its model)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     files.write_json(run_dir / "config.json", config.to_dict())
     files.write_text(run_dir / "config.toml", config_module.to_toml(config))
     files.write_text(run_dir / "code_version.txt", _code_version() + "\n")
-    model_io.save_model_info(
-        run_dir / BEST_MODEL_NAME, classes, model_config.image_size, model_config.channels,
-        run_name=model_config.run_name, preset=model_config.preset,
-        equalize_histogram=model_config.equalize_histogram,
-    )
+    model_io.save_model_info(run_dir / BEST_MODEL_NAME, classes, image_size, channels, **model_info)
 
 
 def _code_version() -> str:
