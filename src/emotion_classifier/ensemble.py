@@ -26,6 +26,8 @@ from emotion_classifier import calibration, files, input_pipeline, model_io
 from emotion_classifier.cli import PipelineError
 
 ENSEMBLE_PRESET = "ensemble"
+# The layer that concatenates the members' features (Grad-CAM finds ensembles by it).
+MERGE_LAYER_NAME = "member_features"
 # The keys of model_info.json that every member must share with the others.
 SHARED_INFO_KEYS = ("classes", "image_size", "channels", "equalize_histogram")
 
@@ -58,7 +60,7 @@ def build_ensemble(members: list, member_offsets: list[np.ndarray], name: str = 
     if any(kernel.shape[1] != class_count for kernel in kernels):
         raise PipelineError("ensemble members predict different numbers of classes: "
                             f"{[kernel.shape[1] for kernel in kernels]}")
-    merged = keras.layers.Concatenate(name="member_features")(features)
+    merged = keras.layers.Concatenate(name=MERGE_LAYER_NAME)(features)
     output_layer = keras.layers.Dense(class_count, activation="softmax", dtype="float32",
                                       name=calibration.OUTPUT_LAYER_NAME)
     outputs = output_layer(merged)

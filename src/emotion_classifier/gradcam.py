@@ -63,16 +63,77 @@ def gradcam_heatmaps(model, images: np.ndarray, class_indices: np.ndarray, layer
             f"need a batch of images (N, height, width, channels) and one class per image; got images "
             f"{images.shape} and {len(class_indices)} classes"
         )
+    members = [] if layer_name else ensemble_members(model)
+    if members:
+        return _ensemble_heatmaps(model, members, images, class_indices)
     layer = model.get_layer(layer_name or find_gradcam_layer(model))
     feature_model = keras.Model(model.input, [layer.output, model.output])
     with tf.GradientTape() as tape:
         features, probabilities = feature_model(images, training=False)
-        chosen = tf.gather(probabilities, class_indices, axis=1, batch_dims=1)
-        # The small floor keeps the log finite when a probability underflows to zero.
-        scores = tf.math.log(chosen + 1e-12)
-    gradients = tape.gradient(scores, features)
+        scores = _log_scores(probabilities, class_indices)
+    return _normalised_maps(features, tape.gradient(scores, features))
+
+
+def ensemble_members(model) -> list:
+    """The member models of an ensemble built by ``ensemble.build_ensemble``; [] for any other model."""
+    import keras
+
+    from emotion_classifier import ensemble
+
+    if ensemble.MERGE_LAYER_NAME not in [layer.name for layer in model.layers]:
+        return []
+    return [layer for layer in model.layers if isinstance(layer, keras.Model)]
+
+
+def _ensemble_heatmaps(model, members: list, images: np.ndarray, class_indices: np.ndarray) -> np.ndarray:
+    """The mean of each member's Grad-CAM map, every one explaining the ensemble's own class score.
+
+    The members sit nested in the ensemble, so their feature maps are not outputs of it: the
+    forward pass is redone here, member by member, then the ensemble's merge and output layers.
+    """
+    import keras
+    import tensorflow as tf
+
+    from emotion_classifier import calibration, ensemble
+
+    feature_models = [
+        keras.Model(member.input, [member.get_layer(find_gradcam_layer(member)).output, member.output])
+        for member in members
+    ]
+    with tf.GradientTape() as tape:
+        outputs = [feature_model(images, training=False) for feature_model in feature_models]
+        feature_maps = [features for features, _vector in outputs]
+        merged = model.get_layer(ensemble.MERGE_LAYER_NAME)([vector for _features, vector in outputs])
+        probabilities = model.get_layer(calibration.OUTPUT_LAYER_NAME)(merged)
+        scores = _log_scores(probabilities, class_indices)
+    gradients = tape.gradient(scores, feature_maps)
+    maps = [_normalised_maps(features, member_gradients)
+            for features, member_gradients in zip(feature_maps, gradients)]
+    height, width = maps[0].shape[1:]
+    maps = [member_maps if member_maps.shape[1:] == (height, width) else
+            np.stack([cv2.resize(single, (width, height), interpolation=cv2.INTER_LINEAR) for single in member_maps])
+            for member_maps in maps]
+    mean = np.mean(maps, axis=0)
+    peaks = mean.reshape(len(mean), -1).max(axis=1).reshape(-1, 1, 1)
+    return np.divide(mean, peaks, out=np.zeros_like(mean), where=peaks > 0)
+
+
+def _log_scores(probabilities, class_indices: np.ndarray):
+    """The log-probability of each image's chosen class (the score Grad-CAM explains)."""
+    import tensorflow as tf
+
+    chosen = tf.gather(probabilities, class_indices, axis=1, batch_dims=1)
+    # The small floor keeps the log finite when a probability underflows to zero.
+    return tf.math.log(chosen + 1e-12)
+
+
+def _normalised_maps(features, gradients) -> np.ndarray:
+    """Grad-CAM maps from a layer's output and the score's gradients, each scaled to peak at 1."""
+    import tensorflow as tf
+
     channel_weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
-    maps = tf.nn.relu(tf.reduce_sum(features * channel_weights, axis=-1)).numpy()
+    maps = tf.nn.relu(tf.reduce_sum(tf.cast(features, "float32") * tf.cast(channel_weights, "float32"),
+                                    axis=-1)).numpy()
     peaks = maps.reshape(len(maps), -1).max(axis=1).reshape(-1, 1, 1)
     return np.divide(maps, peaks, out=np.zeros_like(maps), where=peaks > 0)
 
