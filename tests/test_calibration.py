@@ -140,3 +140,10 @@ def test_ship_model_readme_describes_the_calibration(tmp_path):
     assert "## Decisions: prior_matching" in described
     assert "happy -0.200, fear +0.200" in described and "fear 0.300 -> 0.450" in described
     assert described.index("## Decisions") < described.index("## Evaluation")
+    assert "2 minutes (50 images/s)" in described
+
+    members = [{"run_name": f"m{seed}", "epochs_run": 60, "best_epoch": 50 + seed, "seconds": 600.0} for seed in (0, 1)]
+    files.write_json(run / "training_summary.json", {"seconds": 1200.0, "preset": "ensemble", "members": members})
+    ensemble = ship_model.describe(run, report, "config/x.toml", "x", "a CPU")
+    assert "averages the logits of 2 training runs" in ensemble
+    assert "`m1`, 60 epochs (best: epoch 51, 10 minutes)" in ensemble and "20 minutes, the members'" in ensemble

@@ -83,10 +83,26 @@ python model_evaluation_4.py --config {config_path} model_evaluation_4.model='"m
 
 - Data: FER2013 train/ (learning; a class-balanced validation set held out of it chose the best
   epoch), val/ = PublicTest, {evaluation['images']} images (the figures below; never used to choose anything).
-- Recipe: preset `{summary.get('preset', 'fer_vgg')}`, {summary['epochs_run']} epochs (best: epoch {summary['best_epoch']}), see `{config_path}`.
+- Recipe: {_recipe(summary, config_path)}
 - Hardware: {hardware}.
-- Training time: {minutes:.0f} minutes ({summary['images_per_second']:.0f} images/s).
+- Training time: {minutes:.0f} minutes{_speed(summary)}.
 """
+
+
+def _recipe(summary: dict, config_path: str) -> str:
+    if "members" not in summary:
+        return (f"preset `{summary.get('preset', 'fer_vgg')}`, {summary['epochs_run']} epochs (best: epoch "
+                f"{summary['best_epoch']}), see `{config_path}`.")
+    members = "; ".join(f"`{member['run_name']}`, {member['epochs_run']} epochs (best: epoch {member['best_epoch']}, "
+                        f"{member['seconds'] / 60:.0f} minutes)" for member in summary["members"])
+    return (f"an ensemble (`ensemble_runs`) that averages the logits of {len(summary['members'])} training runs, "
+            f"trained one after another: {members}; the commands are in `{config_path}`.")
+
+
+def _speed(summary: dict) -> str:
+    if "members" in summary:
+        return ", the members' training together"
+    return f" ({summary['images_per_second']:.0f} images/s)"
 
 
 def _evaluation_section(evaluation: dict, metrics: dict, recall_rows: str) -> str:
