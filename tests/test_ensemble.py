@@ -140,3 +140,23 @@ def test_gradcam_of_an_ensemble_averages_its_members_maps_of_the_ensemble_score(
     assert heatmap.shape == (1, 8, 8)
     assert np.allclose(heatmap[0, :, :4], 1.0) and np.allclose(heatmap[0, :, 4:], 0.0)
     assert np.allclose(gradcam.gradcam_heatmaps(model, image, np.array([1])), 0.0)
+
+
+def test_an_ensemble_of_mixed_precision_members_exports_to_tflite(tmp_path):
+    from emotion_classifier import export
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        members = [_dense_model(seed, f"m{seed}") for seed in (5, 6)]
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model = ensemble.build_ensemble(members, [np.zeros(3), np.zeros(3)])
+    model_path = tmp_path / "ensemble" / "best.keras"
+    model_path.parent.mkdir()
+    model.save(model_path)
+    model_io.save_model_info(model_path, ["a", "b", "c"], 6, 1, preset="ensemble")
+    images = np.random.default_rng(3).uniform(0, 255, size=(16, 6, 6, 1)).astype("float32")
+    report = export.export_model(model_path, tmp_path / "export", images[:8], images[8:], variants=["float32"])
+    assert report["tflite"]["float32"]["meets_requirement"]
+    exported = export.tflite_probabilities(tmp_path / "export" / export.tflite_name("float32"), images[8:])
+    np.testing.assert_allclose(exported, model.predict(images[8:], verbose=0), atol=0.02)
