@@ -113,35 +113,6 @@ def test_ensemble_runs_are_checked_with_the_configuration(tmp_path, runs, messag
         validate(config)
 
 
-def _brightness_model(weight: float, name: str):
-    """Class 0's score grows with the brightness of the image (as in test_predict's Grad-CAM test)."""
-    inputs = keras.Input((8, 8, 1))
-    brightness = keras.layers.Conv2D(1, 1, kernel_initializer="ones", bias_initializer="zeros")(inputs)
-    brightness = keras.layers.ReLU(name="brightness")(brightness)
-    pooled = keras.layers.GlobalAveragePooling2D()(brightness)
-    dense = keras.layers.Dense(2, activation="softmax", name="probabilities")
-    model = keras.Model(inputs, dense(pooled), name=name)
-    dense.set_weights([np.array([[weight, -weight]], dtype=np.float32), np.zeros(2, dtype=np.float32)])
-    return model
-
-
-def test_gradcam_of_an_ensemble_averages_its_members_maps_of_the_ensemble_score(tmp_path):
-    from emotion_classifier import gradcam
-
-    model = ensemble.build_ensemble([_brightness_model(1.0, "a"), _brightness_model(2.0, "b")],
-                                    [np.zeros(2), np.zeros(2)])
-    model.save(tmp_path / "ensemble.keras")
-    model = keras.saving.load_model(tmp_path / "ensemble.keras", compile=False, safe_mode=True)
-    assert [member.name for member in gradcam.ensemble_members(model)] == ["member_0", "member_1"]
-    assert gradcam.ensemble_members(_brightness_model(1.0, "single")) == []
-    image = np.zeros((1, 8, 8, 1), dtype=np.float32)
-    image[0, :, :4] = 1.0
-    heatmap = gradcam.gradcam_heatmaps(model, image, np.array([0]))
-    assert heatmap.shape == (1, 8, 8)
-    assert np.allclose(heatmap[0, :, :4], 1.0) and np.allclose(heatmap[0, :, 4:], 0.0)
-    assert np.allclose(gradcam.gradcam_heatmaps(model, image, np.array([1])), 0.0)
-
-
 def test_an_ensemble_of_mixed_precision_members_exports_to_tflite(tmp_path):
     from emotion_classifier import export
 

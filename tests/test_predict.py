@@ -15,7 +15,7 @@ import pytest
 from fer_data import FER_ROOT
 from PIL import Image
 
-from emotion_classifier import export, gradcam, model_io, predict
+from emotion_classifier import ensemble, export, gradcam, model_io, predict
 from emotion_classifier.cli import PipelineError
 from emotion_classifier.config import PredictConfig
 
@@ -215,16 +215,30 @@ def test_explain_with_tflite_needs_the_keras_model(photos, tmp_path):
         predict.predict(settings, show_progress=False)
 
 
-def test_gradcam_lights_up_the_region_that_raises_the_score():
-    """A model whose class 0 score grows with brightness: Grad-CAM must point at the bright half."""
+def _brightness_model(weight: float = 1.0, name: str = "brightness_model"):
+    """Class 0's score grows with the image's brightness, class 1's falls."""
     inputs = keras.Input((8, 8, 1))
     brightness = keras.layers.Conv2D(1, 1, kernel_initializer="ones", bias_initializer="zeros")(inputs)
     brightness = keras.layers.ReLU(name="brightness")(brightness)
     pooled = keras.layers.GlobalAveragePooling2D()(brightness)
-    dense = keras.layers.Dense(2, activation="softmax")
-    model = keras.Model(inputs, dense(pooled))
-    dense.set_weights([np.array([[1.0, -1.0]], dtype=np.float32), np.zeros(2, dtype=np.float32)])
-    assert gradcam.find_gradcam_layer(model) == "brightness"
+    dense = keras.layers.Dense(2, activation="softmax", name="probabilities")
+    model = keras.Model(inputs, dense(pooled), name=name)
+    dense.set_weights([np.array([[weight, -weight]], dtype=np.float32), np.zeros(2, dtype=np.float32)])
+    return model
+
+
+@pytest.mark.parametrize("kind", ["single", "ensemble"])
+def test_gradcam_lights_up_the_region_that_raises_the_score(kind, tmp_path):
+    """Grad-CAM must point at the bright half; for an ensemble (members nested in it, loaded from a
+    file) the mean of the members' maps of the ensemble's score."""
+    model = _brightness_model()
+    if kind == "single":
+        assert gradcam.find_gradcam_layer(model) == "brightness" and gradcam.ensemble_members(model) == []
+    else:
+        model = ensemble.build_ensemble([model, _brightness_model(2.0, "brighter")], [np.zeros(2), np.zeros(2)])
+        model.save(tmp_path / "ensemble.keras")
+        model = keras.saving.load_model(tmp_path / "ensemble.keras", compile=False, safe_mode=True)
+        assert [member.name for member in gradcam.ensemble_members(model)] == ["member_0", "member_1"]
     image = np.zeros((1, 8, 8, 1), dtype=np.float32)
     image[0, :, :4] = 1.0
     heatmap = gradcam.gradcam_heatmaps(model, image, np.array([0]))
