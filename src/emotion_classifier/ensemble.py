@@ -91,11 +91,17 @@ def _member_files(models_dir: Path, run_name: str, section_name: str) -> tuple[P
 
 
 def _fingerprint(config, section_name: str, summaries: list[dict]) -> str:
-    """What the ensemble depends on: its members' training fingerprints, in order, and the split."""
+    """What the ensemble depends on: its members' training summaries, in order, and the split.
+
+    A summary holds the member's training fingerprint and its training time, so a member trained
+    again (even with the same settings) changes it; a member's calibration, which the ensemble
+    takes off, does not.
+    """
     settings = {
         "section": section_name,
         "ensemble_runs": list(getattr(config, section_name).ensemble_runs),
-        "member_fingerprints": [summary.get("fingerprint") for summary in summaries],
+        "member_summaries": [{key: value for key, value in summary.items() if key != "decision_calibration"}
+                             for summary in summaries],
         "split_manifest": files.file_digest(config.paths.split_manifest),
         "classes": files.file_digest(Path(config.paths.processed) / input_pipeline.CLASSES_FILE_NAME),
     }
