@@ -28,8 +28,9 @@ from emotion_classifier.cli import PipelineError
 ENSEMBLE_PRESET = "ensemble"
 # The layer that concatenates the members' features (Grad-CAM finds ensembles by it).
 MERGE_LAYER_NAME = "member_features"
-# The keys of model_info.json that every member must share with the others.
-SHARED_INFO_KEYS = ("classes", "image_size", "channels", "equalize_histogram")
+# The keys of model_info.json that every member must share with the others (besides the classes,
+# which must be the split's).
+SHARED_INFO_KEYS = ("image_size", "channels", "equalize_histogram")
 
 
 def build_ensemble(members: list, member_offsets: list[np.ndarray], name: str = "ensemble"):
@@ -125,7 +126,7 @@ def build_run(config, section_name: str, classes: list[str], counts: np.ndarray,
         if [str(value) for value in info["classes"]] != list(classes):
             raise PipelineError(f"{section_name}.ensemble_runs: {path} predicts classes {info['classes']}, "
                                 f"the split has {classes}")
-        for key in SHARED_INFO_KEYS[1:]:
+        for key in SHARED_INFO_KEYS:
             if info.get(key, False) != members[0][1].get(key, False):
                 raise PipelineError(f"{section_name}.ensemble_runs: {key} differs between members "
                                     f"{model_config.ensemble_runs[0]} ({members[0][1].get(key, False)}) and "

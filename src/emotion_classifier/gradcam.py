@@ -113,9 +113,7 @@ def _ensemble_heatmaps(model, members: list, images: np.ndarray, class_indices: 
     maps = [member_maps if member_maps.shape[1:] == (height, width) else
             np.stack([cv2.resize(single, (width, height), interpolation=cv2.INTER_LINEAR) for single in member_maps])
             for member_maps in maps]
-    mean = np.mean(maps, axis=0)
-    peaks = mean.reshape(len(mean), -1).max(axis=1).reshape(-1, 1, 1)
-    return np.divide(mean, peaks, out=np.zeros_like(mean), where=peaks > 0)
+    return _scaled_to_peak(np.mean(maps, axis=0))
 
 
 def _log_scores(probabilities, class_indices: np.ndarray):
@@ -134,6 +132,11 @@ def _normalised_maps(features, gradients) -> np.ndarray:
     channel_weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
     maps = tf.nn.relu(tf.reduce_sum(tf.cast(features, "float32") * tf.cast(channel_weights, "float32"),
                                     axis=-1)).numpy()
+    return _scaled_to_peak(maps)
+
+
+def _scaled_to_peak(maps: np.ndarray) -> np.ndarray:
+    """Each map divided by its maximum (a map that is zero everywhere stays zero)."""
     peaks = maps.reshape(len(maps), -1).max(axis=1).reshape(-1, 1, 1)
     return np.divide(maps, peaks, out=np.zeros_like(maps), where=peaks > 0)
 
