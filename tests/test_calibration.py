@@ -147,3 +147,14 @@ def test_ship_model_readme_describes_the_calibration(tmp_path):
     ensemble = ship_model.describe(run, report, "config/x.toml", "x", "a CPU")
     assert "averages the logits of 2 training runs" in ensemble
     assert "`m1`, 60 epochs (best: epoch 51, 10 minutes)" in ensemble and "20 minutes, the members'" in ensemble
+
+    files.write_json(run / "training_summary.json", {
+        "seconds": 300.0, "epochs_run": 20, "best_epoch": 18, "images_per_second": 50.0, "preset": "fer_vgg",
+        "started_from": {"run_name": "first", "epochs_run": 60}, "recipe_seconds": 1500.0})
+    fine_tuned = ship_model.describe(run, report, "config/x.toml", "x", "a CPU")
+    assert "20 epochs (best: epoch 18), fine-tuned (`start_from_run`) from the run `first` (60 epochs" in fine_tuned
+    assert "25 minutes (50 images/s)" in fine_tuned
+    members[1]["started_from"] = "m0"
+    files.write_json(run / "training_summary.json", {"seconds": 1200.0, "preset": "ensemble", "members": members})
+    assert "`m1`, 60 epochs fine-tuned from `m0` (best: epoch 51" in ship_model.describe(
+        run, report, "config/x.toml", "x", "a CPU")

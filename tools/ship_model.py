@@ -28,7 +28,8 @@ def describe(run: Path, report: Path, config_path: str, name: str, hardware: str
         f"| {class_name} | {values['precision']:.3f} | {values['recall']:.3f} | {values['f1']:.3f} | {values['support']} |"
         for class_name, values in evaluation["per_class"].items()
     )
-    minutes = summary["seconds"] / 60
+    # A fine-tuned run: the time of the whole chain of runs that made it.
+    minutes = summary.get("recipe_seconds", summary["seconds"]) / 60
     return _header(summary, evaluation, name, run, report, config_path, hardware, minutes) + \
         _calibration_section(run) + _evaluation_section(evaluation, metrics, recall_rows)
 
@@ -91,10 +92,18 @@ python model_evaluation_4.py --config {config_path} model_evaluation_4.model='"m
 
 def _recipe(summary: dict, config_path: str) -> str:
     if "members" not in summary:
-        return (f"preset `{summary.get('preset', 'fer_vgg')}`, {summary['epochs_run']} epochs (best: epoch "
-                f"{summary['best_epoch']}), see `{config_path}`.")
-    members = "; ".join(f"`{member['run_name']}`, {member['epochs_run']} epochs (best: epoch {member['best_epoch']}, "
-                        f"{member['seconds'] / 60:.0f} minutes)" for member in summary["members"])
+        recipe = (f"preset `{summary.get('preset', 'fer_vgg')}`, {summary['epochs_run']} epochs (best: epoch "
+                  f"{summary['best_epoch']})")
+        source = summary.get("started_from")
+        if source:
+            recipe += (f", fine-tuned (`start_from_run`) from the run `{source['run_name']}` "
+                       f"({source['epochs_run']} epochs; the training time below counts both)")
+        return f"{recipe}, see `{config_path}`."
+    members = "; ".join(
+        f"`{member['run_name']}`, {member['epochs_run']} epochs"
+        + (f" fine-tuned from `{member['started_from']}`" if member.get("started_from") else "")
+        + f" (best: epoch {member['best_epoch']}, {member['seconds'] / 60:.0f} minutes)"
+        for member in summary["members"])
     return (f"an ensemble (`ensemble_runs`) that averages the logits of {len(summary['members'])} training runs, "
             f"trained one after another: {members}; the commands are in `{config_path}`.")
 

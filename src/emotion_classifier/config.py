@@ -229,6 +229,13 @@ class ModelConfig:
     # logits (each member's own decision offsets taken off first); the ensemble's run is then
     # calibrated and evaluated as a trained one. Empty: train as usual.
     ensemble_runs: list[str] = dataclasses.field(default_factory=list)
+    # Fine-tuning a finished run: the run name (a folder under paths.models) of a finished run of
+    # this section and of the same network (preset, input size, channels, classes), whose best
+    # model (its decision offsets taken off) starts this run instead of random weights. The
+    # optimizer, schedule and epochs are this run's own: a second, lower cosine cycle after a
+    # first one lets a short budget train longer in separate, resumable runs. Empty: random
+    # initialisation.
+    start_from_run: str = ""
     # Class-balanced loss of Cui et al. 2019: weights from the effective number of samples.
     class_balanced_beta: float = 0.9999
     label_smoothing: float = 0.0
@@ -651,6 +658,15 @@ def validate(config: Config) -> None:
                 if not member or member in (".", "..") or "/" in member or "\\" in member:
                     raise ConfigError(f"{name}.ensemble_runs: {member!r} is not a run name (a folder name "
                                       "under paths.models)")
+        if model.start_from_run:
+            if model.ensemble_runs:
+                raise ConfigError(f"{name}: start_from_run and ensemble_runs exclude each other (an ensemble "
+                                  "is built, not trained)")
+            if model.start_from_run == model.run_name:
+                raise ConfigError(f"{name}.start_from_run: a run cannot start from itself ({model.run_name!r})")
+            if model.start_from_run in (".", "..") or "/" in model.start_from_run or "\\" in model.start_from_run:
+                raise ConfigError(f"{name}.start_from_run: {model.start_from_run!r} is not a run name (a folder "
+                                  "name under paths.models)")
         if model.strategy in ("mirrored", "multi_worker") and model.input_mode != "tf_data":
             raise ConfigError(f"{name}.strategy = {model.strategy!r} needs input_mode = \"tf_data\"")
     if config.generator.tfrecord_shard_images < 1:

@@ -72,25 +72,6 @@ def build_ensemble(members: list, member_offsets: list[np.ndarray], name: str = 
     return keras.Model(inputs, outputs, name=name)
 
 
-def _member_files(models_dir: Path, run_name: str, section_name: str) -> tuple[Path, dict, dict]:
-    """``(best model path, model info, training summary)`` of a finished member run."""
-    from emotion_classifier.training import BEST_MODEL_NAME, SUMMARY_NAME
-
-    run_dir = models_dir / run_name
-    model_path, summary_path = run_dir / BEST_MODEL_NAME, run_dir / SUMMARY_NAME
-    if not (model_path.is_file() and summary_path.is_file()):
-        raise PipelineError(
-            f"{section_name}.ensemble_runs: {run_dir} holds no finished run ({BEST_MODEL_NAME} and "
-            f"{SUMMARY_NAME}); train it first (python {section_name}.py with {section_name}.run_name = "
-            f"\"{run_name}\")"
-        )
-    try:
-        info = model_io.read_model_info(model_path)
-    except (FileNotFoundError, ValueError) as error:
-        raise PipelineError(f"{section_name}.ensemble_runs: {error}") from error
-    return model_path, info, files.read_json(summary_path)
-
-
 def _fingerprint(config, section_name: str, summaries: list[dict]) -> str:
     """What the ensemble depends on: its members' training summaries, in order, and the split.
 
@@ -98,11 +79,12 @@ def _fingerprint(config, section_name: str, summaries: list[dict]) -> str:
     again (even with the same settings) changes it; a member's calibration, which the ensemble
     takes off, does not.
     """
+    from emotion_classifier import training
+
     settings = {
         "section": section_name,
         "ensemble_runs": list(getattr(config, section_name).ensemble_runs),
-        "member_summaries": [{key: value for key, value in summary.items() if key != "decision_calibration"}
-                             for summary in summaries],
+        "member_summaries": [training.summary_without_calibration(summary) for summary in summaries],
         "split_manifest": files.file_digest(config.paths.split_manifest),
         "classes": files.file_digest(Path(config.paths.processed) / input_pipeline.CLASSES_FILE_NAME),
     }
@@ -121,7 +103,8 @@ def build_run(config, section_name: str, classes: list[str], counts: np.ndarray,
     model_config = getattr(config, section_name)
     models_dir = Path(config.paths.models)
     run_dir = models_dir / model_config.run_name
-    members = [_member_files(models_dir, name, section_name) for name in model_config.ensemble_runs]
+    members = [training.finished_run_files(models_dir, name, f"{section_name}.ensemble_runs", section_name)
+               for name in model_config.ensemble_runs]
     for name, (path, info, _summary) in zip(model_config.ensemble_runs, members):
         if [str(value) for value in info["classes"]] != list(classes):
             raise PipelineError(f"{section_name}.ensemble_runs: {path} predicts classes {info['classes']}, "
@@ -166,6 +149,8 @@ def build_run(config, section_name: str, classes: list[str], counts: np.ndarray,
     member_rows = [
         {key: summary.get(key) for key in ("run_name", "epochs_run", "best_epoch", "best_val_accuracy", "seconds",
                                            "images_per_second", "keras_backend")}
+        # A member fine-tuned from another run names it.
+        | ({"started_from": summary["started_from"]["run_name"]} if summary.get("started_from") else {})
         for summary in summaries
     ]
     # Last: its presence marks the ensemble as complete.
@@ -175,8 +160,10 @@ def build_run(config, section_name: str, classes: list[str], counts: np.ndarray,
         "preset": ENSEMBLE_PRESET,
         "ensemble_runs": list(model_config.ensemble_runs),
         "members": member_rows,
-        # Training time of the whole recipe: the members', one after another.
-        "seconds": round(sum(float(summary.get("seconds", 0.0)) for summary in summaries), 2),
+        # Training time of the whole recipe: the members' and that of the runs they were
+        # fine-tuned from (each counted once), one after another.
+        "seconds": round(sum({name: seconds for summary in summaries
+                              for name, seconds in training.recipe_runs(summary).items()}.values()), 2),
         "parameters": int(model.count_params()),
         "classes": list(classes),
         "training_counts": [int(count) for count in counts],

@@ -257,6 +257,8 @@ def train(config, section_name: str, force: bool = False) -> Path:
                 jit_compile=jit_compile,
                 steps_per_execution=model_config.steps_per_execution,
             )
+            if model_config.start_from_run:
+                start_from_finished_run(model, config, section_name, classes)
 
 
     training_data, validation_data, steps_per_epoch, skipped = _make_inputs(
@@ -290,9 +292,32 @@ def train(config, section_name: str, force: bool = False) -> Path:
             verbose=1 if sys.stdout.isatty() else 2,
         )
     if chief:
-        _finish_run(run_dir, fingerprint, classes, counts, class_weights, model_config)
+        _finish_run(run_dir, fingerprint, classes, counts, class_weights, model_config,
+                    started_from=_source_description(config, section_name))
         _calibrate(config, section_name, run_dir, validation_rows, classes, counts)
     return run_dir
+
+
+def _source_description(config, section_name: str) -> dict | None:
+    """What a fine-tuning run started from (None: random weights), for its training summary."""
+    model_config = getattr(config, section_name)
+    if not model_config.start_from_run:
+        return None
+    _path, _info, summary = finished_run_files(Path(config.paths.models), model_config.start_from_run,
+                                               f"{section_name}.start_from_run", section_name)
+    return {
+        "run_name": model_config.start_from_run,
+        "epochs_run": summary.get("epochs_run"),
+        "best_epoch": summary.get("best_epoch"),
+        "seconds": summary.get("seconds"),
+        # Every run of the chain that led to the source, with its training time.
+        "recipe_runs": recipe_runs(summary),
+    }
+
+
+def recipe_runs(summary: dict) -> dict[str, float]:
+    """``{run name: training seconds}`` of a finished run and of the runs it was fine-tuned from."""
+    return dict(summary.get("recipe_runs") or {summary["run_name"]: float(summary.get("seconds") or 0.0)})
 
 
 def resolve_resize_in_model(config, model_config, training_rows: pd.DataFrame) -> None:
@@ -418,7 +443,7 @@ def _run_fingerprint(config, section_name: str) -> str:
     # Calibration is applied to a finished run's best model; it does not change training.
     model_settings.pop("decision_calibration")
     # Runs from before these settings existed were trained without them: their fingerprint stays.
-    for added_later in ("equalize_histogram", "resize_in_model", "ensemble_runs"):
+    for added_later in ("equalize_histogram", "resize_in_model", "ensemble_runs", "start_from_run"):
         if not model_settings.get(added_later):
             model_settings.pop(added_later, None)
     settings = {
@@ -428,6 +453,11 @@ def _run_fingerprint(config, section_name: str) -> str:
         "split_manifest": files.file_digest(config.paths.split_manifest),
         "classes": files.file_digest(Path(config.paths.processed) / input_pipeline.CLASSES_FILE_NAME),
     }
+    if model_settings.get("start_from_run"):
+        # The starting weights: a source run trained again (even alike) makes this a new run.
+        _path, _info, summary = finished_run_files(Path(config.paths.models), model_settings["start_from_run"],
+                                                   f"{section_name}.start_from_run", section_name)
+        settings["start_from_summary"] = summary_without_calibration(summary)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
@@ -468,6 +498,65 @@ def _prepare_run_folder(run_dir: Path, fingerprint: str, force: bool, may_write:
         logger.warning("%s points at a missing checkpoint; starting over", state_path)
     clear_run_folder(run_dir)
     return None
+
+
+def finished_run_files(models_dir: Path, run_name: str, setting: str, section_name: str) -> tuple[Path, dict, dict]:
+    """``(best model path, model info, training summary)`` of the finished run ``run_name``.
+
+    ``setting`` names the setting that asked for it, for the error when it is not there.
+    """
+    run_dir = models_dir / run_name
+    model_path, summary_path = run_dir / BEST_MODEL_NAME, run_dir / SUMMARY_NAME
+    if not (model_path.is_file() and summary_path.is_file()):
+        raise PipelineError(
+            f"{setting}: {run_dir} holds no finished run ({BEST_MODEL_NAME} and {SUMMARY_NAME}); train it "
+            f"first (python {section_name}.py with {section_name}.run_name = \"{run_name}\")"
+        )
+    try:
+        info = model_io.read_model_info(model_path)
+    except (FileNotFoundError, ValueError) as error:
+        raise PipelineError(f"{setting}: {error}") from error
+    return model_path, info, files.read_json(summary_path)
+
+
+def summary_without_calibration(summary: dict) -> dict:
+    """A training summary less its decision calibration, which changes no weight that training
+    or an ensemble uses (both take the offsets off)."""
+    return {key: value for key, value in summary.items() if key != "decision_calibration"}
+
+
+def start_from_finished_run(model: keras.Model, config, section_name: str, classes: list[str]) -> None:
+    """Set ``model``'s weights to those of the best model of ``<section>.start_from_run``.
+
+    The source must be the same network: same classes, input and preprocessing (model_info.json)
+    and the same weight shapes, layer by layer. Its decision offsets, added to the final bias by
+    the calibration, are taken off, so training continues from the uncalibrated model.
+    """
+    model_config = getattr(config, section_name)
+    setting = f"{section_name}.start_from_run"
+    source_path, info, _summary = finished_run_files(Path(config.paths.models), model_config.start_from_run,
+                                                     setting, section_name)
+    wanted = {"classes": list(classes), "image_size": model_config.image_size, "channels": model_config.channels,
+              "equalize_histogram": bool(model_config.equalize_histogram)}
+    found = {"classes": [str(name) for name in info["classes"]], "image_size": int(info["image_size"]),
+             "channels": int(info["channels"]), "equalize_histogram": bool(info.get("equalize_histogram", False))}
+    for key, value in wanted.items():
+        if found[key] != value:
+            raise PipelineError(f"{setting}: {source_path} has {key} {found[key]}, this run {value}")
+    source, _source_info = model_io.load_trained_model(source_path)
+    source_weights, own_weights = source.get_weights(), model.get_weights()
+    shapes = [tuple(weight.shape) for weight in source_weights]
+    if shapes != [tuple(weight.shape) for weight in own_weights]:
+        raise PipelineError(f"{setting}: {source_path} is a different network ({len(shapes)} weight arrays) from "
+                            f"this run's {section_name}.preset = {model_config.preset!r} ({len(own_weights)}); "
+                            "start from a run of the same preset and settings")
+    model.set_weights(source_weights)
+    offsets = np.asarray(info.get("decision_offsets", [0.0] * len(classes)), dtype=np.float64)
+    if np.any(offsets):
+        output_layer = calibration.output_layer(model)
+        kernel, bias = output_layer.get_weights()
+        output_layer.set_weights([kernel, (bias.astype(np.float64) - offsets).astype(bias.dtype)])
+    print(f"starting from the weights of {source_path}")
 
 
 def clear_run_folder(run_dir: Path) -> None:
@@ -606,7 +695,7 @@ def _truncate_metrics(metrics_path: Path, epochs_completed: int) -> None:
 
 
 def _finish_run(run_dir: Path, fingerprint: str, classes: list[str], counts: np.ndarray,
-                class_weights: np.ndarray, model_config) -> None:
+                class_weights: np.ndarray, model_config, started_from: dict | None = None) -> None:
     """Write history.png and training_summary.json from the complete metrics and state."""
     import matplotlib
 
@@ -633,6 +722,11 @@ def _finish_run(run_dir: Path, fingerprint: str, classes: list[str], counts: np.
     monitored = metrics[model_config.monitor]
     best_row = metrics.loc[monitored.idxmin() if monitor_mode(model_config.monitor) == "min" else monitored.idxmax()]
     seconds = float(state["training_seconds"])
+    started = {}
+    if started_from is not None:
+        chain = {**started_from["recipe_runs"], model_config.run_name: round(seconds, 2)}
+        started = {"started_from": started_from, "recipe_runs": chain,
+                   "recipe_seconds": round(sum(chain.values()), 2)}
     files.write_json(run_dir / SUMMARY_NAME, {
         "run_name": model_config.run_name,
         "fingerprint": fingerprint,
@@ -652,6 +746,7 @@ def _finish_run(run_dir: Path, fingerprint: str, classes: list[str], counts: np.
         "training_counts": [int(count) for count in counts],
         "class_balanced_beta": model_config.class_balanced_beta,
         "class_weights": [round(float(weight), 6) for weight in class_weights],
+        **started,
     })
     print(f"finished {run_dir}: best epoch {int(best_row['epoch']) + 1}, "
           f"val_loss {float(best_row['val_loss']):.4f}, val_accuracy {float(best_row.get('val_accuracy', float('nan'))):.3f}")
