@@ -8,7 +8,7 @@ emulated and training is slower. ``distribute.mixed_precision_policy_name`` deci
 random 48x48x1 faces trained again and again, the two policies interleaved over rounds), and
 prints what the pipeline chooses here.
 
-    python bench/mixed_precision.py [--rounds 2] [--steps 6]
+    python bench/mixed_precision.py [--rounds 2] [--steps 6] [--presets fer_vgg fer_vgg_wide]
 
 Writes reports/bench/mixed_precision.json.
 """
@@ -63,12 +63,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=6, help="timed training steps per measurement")
     parser.add_argument("--output", default="mixed_precision", help="report name under reports/bench/")
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=[name for name in MODEL_PRESETS
+                                                                                if name.startswith("fer_vgg")],
+                        help="model_4 presets to measure (default: %(default)s)")
     arguments = parser.parse_args()
     generator = np.random.default_rng(0)
     images = generator.random((BATCH_SIZE, *INPUT_SHAPE), dtype=np.float32)
     labels = keras.utils.to_categorical(generator.integers(0, NUM_CLASSES, BATCH_SIZE), NUM_CLASSES)
     rows = []
-    for preset in PRESETS:
+    for preset in arguments.presets:
         measured = {"float32": [], "mixed_bfloat16": []}
         for _ in range(arguments.rounds):
             for policy in measured:
