@@ -158,3 +158,65 @@ def test_ship_model_readme_describes_the_calibration(tmp_path):
     files.write_json(run / "training_summary.json", {"seconds": 1200.0, "preset": "ensemble", "members": members})
     assert "`m1`, 60 epochs fine-tuned from `m0` (best: epoch 51" in ship_model.describe(
         run, report, "config/x.toml", "x", "a CPU")
+
+
+def _neglected_third_class(rows_per_class: int = 200):
+    """Log-probabilities (rows, 2 views, 3 classes) of a class-balanced split whose class 2 is rarely chosen."""
+    random = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], rows_per_class)
+    logits = random.normal(0.0, 1.0, size=(len(labels), 2, 3))
+    logits[np.arange(len(labels)), :, labels] += 1.5
+    logits[:, :, 2] -= 1.8
+    return logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True)), labels
+
+
+def _recalls(log_probabilities, labels, offsets):
+    decisions = calibration.averaged_probabilities(log_probabilities, offsets).argmax(axis=1)
+    return np.array([(decisions[labels == label] == label).mean() for label in range(3)])
+
+
+def test_recall_floor_lifts_only_the_classes_below_it_and_no_further():
+    log_probabilities, labels = _neglected_third_class()
+    before = _recalls(log_probabilities, labels, np.zeros(3))
+    assert before[2] < 0.5 < min(before[:2])
+
+    offsets, reached = calibration.fit_recall_floor(log_probabilities, labels, 0.5)
+    after = _recalls(log_probabilities, labels, offsets)
+    assert reached and after.min() >= 0.5
+    assert offsets.sum() == pytest.approx(0.0, abs=1e-9)
+    assert offsets[0] == pytest.approx(offsets[1]) and offsets[2] > offsets[0]  # class 2 alone raised
+    # The smallest lift that does it: one step less leaves class 2 below the floor.
+    assert after[2] < 0.5 + 0.02
+    smaller = offsets.copy()
+    smaller[2] -= 0.01
+    assert _recalls(log_probabilities, labels, smaller)[2] < 0.5
+    # A floor already met changes nothing; an unreachable one keeps the best offsets found and says so.
+    unchanged, reached = calibration.fit_recall_floor(log_probabilities, labels, 0.1)
+    assert reached and not np.any(unchanged)
+    best, reached = calibration.fit_recall_floor(log_probabilities, labels, 0.99, max_steps=300)
+    assert not reached and _recalls(log_probabilities, labels, best).min() > before.min()
+    with pytest.raises(PipelineError, match="every class"):
+        calibration.fit_recall_floor(log_probabilities[:400], labels[:400], 0.5)
+
+
+def test_recall_floor_calibrates_a_finished_run_and_a_new_floor_refits(tmp_path):
+    config = tiny_config(tmp_path)
+    run_dir = training.train(config, "model_4")
+    model_path = run_dir / "best.keras"
+    metrics_before = (run_dir / "metrics.csv").read_text()
+    config.model_4.decision_calibration = "recall_floor"
+    config.model_4.decision_recall_floor = 0.3
+    training.train(config, "model_4")
+    assert (run_dir / "metrics.csv").read_text() == metrics_before  # the floor is no training setting
+    info = model_io.read_model_info(model_path)
+    assert info["decision_calibration"]["method"] == "recall_floor"
+    assert info["decision_calibration"]["recall_floor"] == 0.3
+    report = json.loads((run_dir / "decision_calibration.json").read_text())
+    assert isinstance(report["recall_floor_reached"], bool)
+    if report["recall_floor_reached"]:
+        assert min(report["validation_after"]["recall"].values()) >= 0.3 - 1e-4  # rounded to 4 places
+
+    config.model_4.decision_recall_floor = 0.4
+    training.train(config, "model_4")
+    assert model_io.read_model_info(model_path)["decision_calibration"]["recall_floor"] == 0.4
+    assert (run_dir / "metrics.csv").read_text() == metrics_before

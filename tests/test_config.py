@@ -75,6 +75,8 @@ def test_explicit_keys_win_over_the_preset():
         (["no_equals_sign"], "KEY=VALUE"),
         (["model_4.resize_in_model=\"on\""], "model_4.resize_in_model: 'on' is not one of auto, false, true"),
         (["model_6.resize_in_model=2"], "model_6.resize_in_model: expected bool or str, got 2"),
+        (["model_6.decision_recall_floor=1.0"], "model_6.decision_recall_floor: must be in (0, 1)"),
+        (["model_4.decision_calibration=\"floor\""], "model_4.decision_calibration: 'floor' is not one of"),
     ],
 )
 def test_bad_values_stop_with_a_message_naming_the_key(overrides, message):

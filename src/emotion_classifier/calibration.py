@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 CALIBRATION_REPORT_NAME = "decision_calibration.json"
 OUTPUT_LAYER_NAME = "probabilities"
-METHODS = ("none", "prior_matching")
+METHODS = ("none", "prior_matching", "recall_floor")
 
 
 def averaged_probabilities(log_probabilities: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -85,6 +85,42 @@ def fit_prior_matching(log_probabilities: np.ndarray, labels: np.ndarray, class_
         offsets = offsets + step * (np.log(class_prior) - np.log(np.maximum(shares, 1e-4)))
         offsets -= offsets.mean()
     return best_offsets - best_offsets.mean()
+
+
+def fit_recall_floor(log_probabilities: np.ndarray, labels: np.ndarray, floor: float, step: float = 0.01,
+                     max_steps: int = 4000) -> tuple[np.ndarray, bool]:
+    """The smallest offsets found that give every class a recall of at least ``floor``.
+
+    A milder adjustment than prior matching: classes the model already finds often enough keep
+    their decisions, and only the classes below the floor are pushed up, so accuracy is given
+    away only where a class would otherwise be neglected. Greedy: the offset of the class
+    furthest below the floor rises by ``step`` until no class is below it (a rise can push
+    another class down, which is then raised in turn). Recall does not depend on the class
+    balance of the split, so the rows are not reweighted. Returns ``(offsets, reached)``:
+    centred on zero; when the floor cannot be reached within ``max_steps``, the offsets with
+    the smallest worst shortfall and False.
+    """
+    log_probabilities = np.asarray(log_probabilities, dtype=np.float64)
+    labels = np.asarray(labels)
+    class_count = log_probabilities.shape[-1]
+    counts = np.bincount(labels, minlength=class_count)
+    missing = np.flatnonzero(counts == 0)
+    if len(missing):
+        raise PipelineError("decision calibration needs validation images of every class; none of class(es) "
+                            f"{[int(index) for index in missing]}")
+    offsets = np.zeros(class_count)
+    best_offsets, best_shortfall = offsets.copy(), np.inf
+    for _ in range(max_steps):
+        decisions = averaged_probabilities(log_probabilities, offsets).argmax(axis=1)
+        recalls = np.bincount(labels, weights=(decisions == labels), minlength=class_count) / counts
+        shortfall = floor - recalls
+        worst = int(np.argmax(shortfall))
+        if shortfall[worst] < best_shortfall - 1e-12:
+            best_offsets, best_shortfall = offsets.copy(), float(shortfall[worst])
+        if shortfall[worst] <= 0:
+            return offsets - offsets.mean(), True
+        offsets[worst] += step
+    return best_offsets - best_offsets.mean(), False
 
 
 def decision_summary(probabilities: np.ndarray, labels: np.ndarray, classes: list[str],
@@ -162,7 +198,9 @@ def calibrate_run(config, section_name: str, run_dir: Path, validation_rows, cla
 
     model, _info = model_io.load_trained_model(model_path)
     report: dict = {"settings": wanted, "classes": list(classes)}
-    if method == "prior_matching":
+    if method == "recall_floor":
+        wanted["recall_floor"] = model_config.decision_recall_floor
+    if method in ("prior_matching", "recall_floor"):
         class_prior = np.asarray(training_counts, dtype=np.float64)
         print(f"calibrating decisions on {len(validation_rows)} validation images "
               f"({evaluation_config.test_time_augmentation} views) ...")
@@ -177,7 +215,14 @@ def calibrate_run(config, section_name: str, run_dir: Path, validation_rows, cla
         labels = validation_rows["class_index"].to_numpy()[readable]
         # Outputs of the model without the offsets it already carries (up to a constant per view).
         log_probabilities = np.log(np.clip(probabilities[readable], 1e-12, 1.0)) - applied
-        offsets = fit_prior_matching(log_probabilities, labels, class_prior)
+        if method == "prior_matching":
+            offsets = fit_prior_matching(log_probabilities, labels, class_prior)
+        else:
+            offsets, reached = fit_recall_floor(log_probabilities, labels, model_config.decision_recall_floor)
+            report["recall_floor_reached"] = reached
+            if not reached:
+                logger.warning("decision calibration: no offsets give every class a validation recall of %s; "
+                               "kept those with the smallest shortfall", model_config.decision_recall_floor)
         report.update({
             "unreadable_files": len(unreadable),
             "training_prior": {name: round(float(value), 4)
@@ -199,7 +244,7 @@ def calibrate_run(config, section_name: str, run_dir: Path, validation_rows, cla
         # the old one: a later run subtracts exactly what the model holds.
         files.write_json(model_io.model_info_path(model_path), info)
     files.write_json(run_dir / CALIBRATION_REPORT_NAME, report)
-    if method == "prior_matching":
+    if method != "none":
         before, after = report["validation_before"], report["validation_after"]
         print(f"calibrated {model_path}: offsets {report['offsets']}; validation accuracy "
               f"{before['accuracy']:.4f} -> {after['accuracy']:.4f}, macro F1 {before['macro_f1']:.4f} -> "

@@ -219,11 +219,15 @@ class ModelConfig:
     # (the host would otherwise enlarge every image of every epoch) and the images come from
     # files without equalize_histogram; false otherwise (a run's config.json records the answer).
     resize_in_model: bool | str = "auto"
-    # After training: "none", or "prior_matching" (per-class offsets added to the final layer's
+    # After training: "none"; "prior_matching" (per-class offsets added to the final layer's
     # logits so that, on the validation split reweighted to the training class frequencies, each
-    # class is predicted as often as it occurs; fitted on the views of the matching evaluation
-    # section's test_time_augmentation). Changing it re-calibrates a finished run, no retraining.
+    # class is predicted as often as it occurs); or "recall_floor" (the smallest offsets found that
+    # give every class a validation recall of at least decision_recall_floor: only the classes
+    # below it are pushed up). Fitted on the views of the matching evaluation section's
+    # test_time_augmentation. Changing it re-calibrates a finished run, no retraining.
     decision_calibration: str = "none"
+    # The validation recall every class gets from decision_calibration = "recall_floor".
+    decision_recall_floor: float = 0.5
     # An ensemble instead of a training run: the run names (folders under paths.models) of two or
     # more finished runs of this section, whose best models become one model that averages their
     # logits (each member's own decision offsets taken off first); the ensemble's run is then
@@ -590,8 +594,8 @@ _CHOICES = {
     ("labels", "layout"): {"auto", "affectnet_csv", "affectnet_npy", "class_folders"},
     ("model_4", "input_mode"): {"tf_data", "memory", "arrays"},
     ("model_4", "monitor"): {"val_loss", "val_accuracy"},
-    ("model_4", "decision_calibration"): {"none", "prior_matching"},
-    ("model_6", "decision_calibration"): {"none", "prior_matching"},
+    ("model_4", "decision_calibration"): {"none", "prior_matching", "recall_floor"},
+    ("model_6", "decision_calibration"): {"none", "prior_matching", "recall_floor"},
     ("model_6", "monitor"): {"val_loss", "val_accuracy"},
     ("model_4", "architecture"): {"custom_cnn", "vgg"},
     ("model_4", "optimizer"): {"adam", "adamw", "sgd"},
@@ -632,6 +636,8 @@ def validate(config: Config) -> None:
         model = getattr(config, name)
         if model.image_size < 32:
             raise ConfigError(f"{name}.image_size: must be at least 32, got {model.image_size}")
+        if not 0.0 < model.decision_recall_floor < 1.0:
+            raise ConfigError(f"{name}.decision_recall_floor: must be in (0, 1), got {model.decision_recall_floor}")
         if model.channels not in (1, 3):
             raise ConfigError(f"{name}.channels: must be 1 or 3, got {model.channels}")
         if model.equalize_histogram and model.channels != 1:

@@ -442,6 +442,7 @@ def _run_fingerprint(config, section_name: str) -> str:
     model_settings.pop("steps_per_execution")
     # Calibration is applied to a finished run's best model; it does not change training.
     model_settings.pop("decision_calibration")
+    model_settings.pop("decision_recall_floor")
     # Runs from before these settings existed were trained without them: their fingerprint stays.
     for added_later in ("equalize_histogram", "resize_in_model", "ensemble_runs", "start_from_run"):
         if not model_settings.get(added_later):
