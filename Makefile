@@ -55,7 +55,7 @@ demo: venv ; $(VENV_PYTHON) -m emotion_classifier.demo --config $(CONFIG) $(ARGS
 EVALUATE_DATASET ?= ../shared/datasets/fer2013
 
 evaluate-shipped: venv ## Evaluate the shipped model on EVALUATE_DATASET's val/ (FER2013 PublicTest), flip-and-crops views; no training.
-	$(VENV_PYTHON) model_evaluation_4.py --config config/fer2013_gpu.toml \
+	$(VENV_PYTHON) model_evaluation_4.py --config config/fer2013_cpu.toml \
 		model_evaluation_4.model='"models/shipped/fer2013/model.keras"' \
 		model_evaluation_4.dataset='"$(EVALUATE_DATASET)"' model_evaluation_4.name='"shipped_fer2013"' $(ARGS)
 

@@ -137,10 +137,22 @@ def test_ship_model_readme_describes_the_calibration(tmp_path):
         "validation_before": summary, "validation_after": {**summary, "recall": {"happy": 0.85, "fear": 0.45}},
     })
     described = ship_model.describe(run, report, "config/x.toml", "x", "a CPU")
-    assert "## Decisions: prior_matching" in described
+    assert "## Decisions: prior_matching" in described and "predicted as often as it occurs" in described
+    assert "never used to choose anything" in described
     assert "happy -0.200, fear +0.200" in described and "fear 0.300 -> 0.450" in described
     assert described.index("## Decisions") < described.index("## Evaluation")
     assert "2 minutes (50 images/s)" in described
+
+    files.write_json(run / "decision_calibration.json", {
+        "settings": {"method": "recall_floor", "recall_floor": 0.45, "test_time_augmentation": "flip",
+                     "validation_rows": 30},
+        "classes": classes, "offsets": {"happy": -0.1, "fear": 0.1},
+        "validation_before": summary, "validation_after": {**summary, "recall": {"happy": 0.85, "fear": 0.45}},
+    })
+    described = ship_model.describe(run, report, "config/x.toml", "x", "a CPU", chosen_on_test="the calibration")
+    assert "## Decisions: recall_floor" in described and "a recall of at least 0.45" in described
+    assert "used to choose the calibration" in described and "never used" not in described
+    assert "preset `fer_vgg`" in described
 
     members = [{"run_name": f"m{seed}", "epochs_run": 60, "best_epoch": 50 + seed, "seconds": 600.0} for seed in (0, 1)]
     files.write_json(run / "training_summary.json", {"seconds": 1200.0, "preset": "ensemble", "members": members})

@@ -20,8 +20,13 @@ from pathlib import Path
 from emotion_classifier import files, model_io
 
 
-def describe(run: Path, report: Path, config_path: str, name: str, hardware: str) -> str:
+def describe(run: Path, report: Path, config_path: str, name: str, hardware: str,
+             chosen_on_test: str = "") -> str:
     summary = files.read_json(run / "training_summary.json")
+    if "preset" not in summary and (run / "best.keras").is_file():
+        preset = model_io.read_model_info(run / "best.keras").get("preset")
+        if preset:
+            summary = {**summary, "preset": preset}
     evaluation = files.read_json(report / "evaluation.json")
     metrics = evaluation["metrics"]
     recall_rows = "\n".join(
@@ -30,7 +35,7 @@ def describe(run: Path, report: Path, config_path: str, name: str, hardware: str
     )
     # A fine-tuned run: the time of the whole chain of runs that made it.
     minutes = summary.get("recipe_seconds", summary["seconds"]) / 60
-    return _header(summary, evaluation, name, run, report, config_path, hardware, minutes) + \
+    return _header(summary, evaluation, name, run, report, config_path, hardware, minutes, chosen_on_test) + \
         _calibration_section(run) + _evaluation_section(evaluation, metrics, recall_rows)
 
 
@@ -45,13 +50,19 @@ def _calibration_section(run: Path) -> str:
     before, after = report["validation_before"], report["validation_after"]
     offsets = ", ".join(f"{name} {value:+.3f}" for name, value in report["offsets"].items())
     recalls = ", ".join(f"{name} {before['recall'][name]:.3f} -> {after['recall'][name]:.3f}" for name in report["classes"])
+    settings = report["settings"]
+    views = f"{settings['validation_rows']} images, `{settings['test_time_augmentation']}` views"
+    if settings["method"] == "recall_floor":
+        purpose = (f"the smallest found that give every class a recall of at least {settings['recall_floor']} on the "
+                   f"validation split held out of train/ ({views}); only the classes below it were pushed up")
+    else:
+        purpose = (f"so that, on the validation split held out of train/ ({views}, reweighted to the training "
+                   "class frequencies), each class is predicted as often as it occurs")
     return f"""
-## Decisions: {report['settings']['method']}
+## Decisions: {settings['method']}
 
 After training, per-class offsets were added to the final layer's logits (they are in
-`model.keras` itself, and listed in `model_info.json`) so that, on the validation split held out
-of train/ ({report['settings']['validation_rows']} images, `{report['settings']['test_time_augmentation']}` views, reweighted to the training
-class frequencies), each class is predicted as often as it occurs. Offsets: {offsets}.
+`model.keras` itself, and listed in `model_info.json`), {purpose}. Offsets: {offsets}.
 On that validation split: accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f}, macro F1
 {before['macro_f1']:.4f} -> {after['macro_f1']:.4f}; recall {recalls}. The figures below are those of the
 calibrated model (`decision_calibration.json` has the whole report).
@@ -59,7 +70,8 @@ calibrated model (`decision_calibration.json` has the whole report).
 
 
 def _header(summary: dict, evaluation: dict, name: str, run: Path, report: Path, config_path: str, hardware: str,
-            minutes: float) -> str:
+            minutes: float, chosen_on_test: str = "") -> str:
+    use = f"used to choose {chosen_on_test}" if chosen_on_test else "never used to choose anything"
     return f"""# The shipped model: {name}
 
 `model.keras` classifies a face crop into {len(evaluation['model_classes'])} emotions
@@ -83,7 +95,7 @@ python model_evaluation_4.py --config {config_path} model_evaluation_4.model='"m
 ```
 
 - Data: FER2013 train/ (learning; a class-balanced validation set held out of it chose the best
-  epoch), val/ = PublicTest, {evaluation['images']} images (the figures below; never used to choose anything).
+  epoch), val/ = PublicTest, {evaluation['images']} images (the figures below; {use}).
 - Recipe: {_recipe(summary, config_path)}
 - Hardware: {hardware}.
 - Training time: {minutes:.0f} minutes{_speed(summary)}.
@@ -92,7 +104,8 @@ python model_evaluation_4.py --config {config_path} model_evaluation_4.model='"m
 
 def _recipe(summary: dict, config_path: str) -> str:
     if "members" not in summary:
-        recipe = (f"preset `{summary.get('preset', 'fer_vgg')}`, {summary['epochs_run']} epochs (best: epoch "
+        preset = f"preset `{summary['preset']}`" if summary.get("preset") else "the run's preset"
+        recipe = (f"{preset}, {summary['epochs_run']} epochs (best: epoch "
                   f"{summary['best_epoch']})")
         source = summary.get("started_from")
         if source:
@@ -142,6 +155,8 @@ def main() -> None:
     parser.add_argument("--name", default="fer2013")
     parser.add_argument("--hardware", default=f"{platform.machine()}, 2 CPU cores, no GPU; mixed bfloat16",
                         help="what the run was trained on (for the README)")
+    parser.add_argument("--chosen-on-test", default="",
+                        help="what was chosen by comparing figures on the evaluation data, if anything (for the README)")
     arguments = parser.parse_args()
 
     destination = model_io.SHIPPED_MODEL_PATH.parent.parent / arguments.name
@@ -159,7 +174,8 @@ def main() -> None:
     (destination / "decision_calibration.json").unlink(missing_ok=True)
     if (arguments.run / "decision_calibration.json").is_file():
         shutil.copyfile(arguments.run / "decision_calibration.json", destination / "decision_calibration.json")
-    files.write_text(destination / "README.md", describe(arguments.run, arguments.report, arguments.config, arguments.name, arguments.hardware))
+    files.write_text(destination / "README.md", describe(arguments.run, arguments.report, arguments.config, arguments.name, arguments.hardware,
+                                                                  arguments.chosen_on_test))
     print(f"shipped {arguments.run} as {destination} "
           f"({(destination / 'model.keras').stat().st_size / 1e6:.1f} MB)")
     print(json.dumps(files.read_json(destination / "evaluation.json")["metrics"], indent=2))

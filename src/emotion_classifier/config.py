@@ -350,9 +350,9 @@ class PredictConfig:
     # Test-time augmentation, each face's probabilities averaged over its views (see
     # [model_evaluation_4]): "none", "flip" (the face and its mirror), "flip_crops" (12 views)
     # or "model" (the views the model's decisions were calibrated with, in its model_info.json;
-    # none for an uncalibrated model). On FER2013 val the shipped model scores 65.3% / 66.0% /
-    # 66.4% with none / flip / flip_crops (the model's), and flip_crops costs 5 times the
-    # classifier time of flip (docs/predict.md).
+    # none for an uncalibrated model). On FER2013 val the shipped model scores 65.2% / 66.3%
+    # with flip / flip_crops (the model's; the GPU model shipped before session 18: 66.0% /
+    # 66.4%), and flip_crops costs 5 times the classifier time of flip (docs/predict.md).
     test_time_augmentation: str = "flip"
     # Save a Grad-CAM heat map over each face beside the annotated image (needs the Keras model).
     explain: bool = False
@@ -402,8 +402,9 @@ MODEL_PRESETS: dict[str, dict[str, object]] = {
         "dense_dropout": 0.4,
     },
     # fer_vgg with its last two blocks wider (2.7 million weights), for more capacity where it is
-    # cheapest: the 12x12 and 6x6 blocks. On 2 CPU cores an epoch of FER2013 took 160-175 s,
-    # against fer_vgg's 121 s (fer_vgg_wide: about 300 s).
+    # cheapest: the 12x12 and 6x6 blocks. On 2 cores of an AMD EPYC with AVX512-BF16 an epoch
+    # of FER2013 took 160-175 s, against fer_vgg's 121 s (fer_vgg_wide: about 300 s); on 2 cores
+    # of a Xeon with AMX-BF16, 92-106 s. The shipped model's preset (config/fer2013_cpu.toml).
     "fer_vgg_cpu": {
         "architecture": "vgg",
         "conv_filters": [32, 64, 192, 384],
