@@ -211,7 +211,7 @@ def test_recall_floor_lifts_only_the_classes_below_it_and_no_further():
         calibration.fit_recall_floor(log_probabilities[:400], labels[:400], 0.5)
 
 
-def test_recall_floor_calibrates_a_finished_run_and_a_new_floor_refits(tmp_path):
+def test_recall_floor_calibrates_a_finished_run_once_and_a_new_floor_refits(tmp_path):
     config = tiny_config(tmp_path)
     run_dir = training.train(config, "model_4")
     model_path = run_dir / "best.keras"
@@ -227,6 +227,10 @@ def test_recall_floor_calibrates_a_finished_run_and_a_new_floor_refits(tmp_path)
     assert isinstance(report["recall_floor_reached"], bool)
     if report["recall_floor_reached"]:
         assert min(report["validation_after"]["recall"].values()) >= 0.3 - 1e-4  # rounded to 4 places
+
+    modified = model_path.stat().st_mtime_ns
+    training.train(config, "model_4")  # the same floor again: nothing to do
+    assert model_path.stat().st_mtime_ns == modified
 
     config.model_4.decision_recall_floor = 0.4
     training.train(config, "model_4")

@@ -188,6 +188,8 @@ def calibrate_run(config, section_name: str, run_dir: Path, validation_rows, cla
         "validation_rows": int(len(validation_rows)),
         "split_manifest": files.file_digest(config.paths.split_manifest),
     }
+    if method == "recall_floor":
+        wanted["recall_floor"] = model_config.decision_recall_floor
     if method == "none":
         if not np.any(applied):
             return None
@@ -198,8 +200,6 @@ def calibrate_run(config, section_name: str, run_dir: Path, validation_rows, cla
 
     model, _info = model_io.load_trained_model(model_path)
     report: dict = {"settings": wanted, "classes": list(classes)}
-    if method == "recall_floor":
-        wanted["recall_floor"] = model_config.decision_recall_floor
     if method in ("prior_matching", "recall_floor"):
         class_prior = np.asarray(training_counts, dtype=np.float64)
         print(f"calibrating decisions on {len(validation_rows)} validation images "
