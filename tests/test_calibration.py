@@ -13,14 +13,20 @@ from emotion_classifier.cli import PipelineError
 from test_training import tiny_config
 
 
-def test_prior_matching_makes_an_under_predicted_class_as_frequent_as_it_is():
+def _neglected_third_class(neglect: float):
+    """Log-probabilities (rows, 2 views, 3 classes) of a class-balanced validation split whose
+    class 2 is rarely chosen (its logits lowered by ``neglect``), and the labels."""
     random = np.random.default_rng(0)
-    prior = np.array([0.5, 0.3, 0.2])
-    labels = np.repeat([0, 1, 2], 200)  # a class-balanced validation split
+    labels = np.repeat([0, 1, 2], 200)
     logits = random.normal(0.0, 1.0, size=(len(labels), 2, 3))
     logits[np.arange(len(labels)), :, labels] += 1.5
-    logits[:, :, 2] -= 1.2  # class 2 is rarely chosen
-    log_probabilities = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+    logits[:, :, 2] -= neglect
+    return logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True)), labels
+
+
+def test_prior_matching_makes_an_under_predicted_class_as_frequent_as_it_is():
+    prior = np.array([0.5, 0.3, 0.2])
+    log_probabilities, labels = _neglected_third_class(1.2)
     row_weights = prior[labels] / 200.0
 
     def shares(offsets):
@@ -172,23 +178,13 @@ def test_ship_model_readme_describes_the_calibration(tmp_path):
         run, report, "config/x.toml", "x", "a CPU")
 
 
-def _neglected_third_class(rows_per_class: int = 200):
-    """Log-probabilities (rows, 2 views, 3 classes) of a class-balanced split whose class 2 is rarely chosen."""
-    random = np.random.default_rng(0)
-    labels = np.repeat([0, 1, 2], rows_per_class)
-    logits = random.normal(0.0, 1.0, size=(len(labels), 2, 3))
-    logits[np.arange(len(labels)), :, labels] += 1.5
-    logits[:, :, 2] -= 1.8
-    return logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True)), labels
-
-
 def _recalls(log_probabilities, labels, offsets):
     decisions = calibration.averaged_probabilities(log_probabilities, offsets).argmax(axis=1)
     return np.array([(decisions[labels == label] == label).mean() for label in range(3)])
 
 
 def test_recall_floor_lifts_only_the_classes_below_it_and_no_further():
-    log_probabilities, labels = _neglected_third_class()
+    log_probabilities, labels = _neglected_third_class(1.8)
     before = _recalls(log_probabilities, labels, np.zeros(3))
     assert before[2] < 0.5 < min(before[:2])
 

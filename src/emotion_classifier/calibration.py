@@ -53,6 +53,16 @@ def _prior_weights(labels: np.ndarray, class_prior: np.ndarray) -> tuple[np.ndar
     return prior, row_weights / row_weights.sum()
 
 
+def _images_per_class(labels: np.ndarray, class_count: int) -> np.ndarray:
+    """The validation images of each class; an error when a class has none (nothing to fit it on)."""
+    counts = np.bincount(labels, minlength=class_count)
+    missing = np.flatnonzero(counts == 0)
+    if len(missing):
+        raise PipelineError("decision calibration needs validation images of every class; none of class(es) "
+                            f"{[int(index) for index in missing]}")
+    return counts
+
+
 def fit_prior_matching(log_probabilities: np.ndarray, labels: np.ndarray, class_prior: np.ndarray,
                        iterations: int = 400) -> np.ndarray:
     """Offsets that make each class's share of the decisions match ``class_prior``.
@@ -67,10 +77,7 @@ def fit_prior_matching(log_probabilities: np.ndarray, labels: np.ndarray, class_
     log_probabilities = np.asarray(log_probabilities, dtype=np.float64)
     labels = np.asarray(labels)
     class_count = log_probabilities.shape[-1]
-    missing = np.flatnonzero(np.bincount(labels, minlength=class_count) == 0)
-    if len(missing):
-        raise PipelineError("decision calibration needs validation images of every class; none of class(es) "
-                            f"{[int(index) for index in missing]}")
+    _images_per_class(labels, class_count)
     class_prior, row_weights = _prior_weights(labels, class_prior)
 
     offsets = np.zeros(class_count)
@@ -103,11 +110,7 @@ def fit_recall_floor(log_probabilities: np.ndarray, labels: np.ndarray, floor: f
     log_probabilities = np.asarray(log_probabilities, dtype=np.float64)
     labels = np.asarray(labels)
     class_count = log_probabilities.shape[-1]
-    counts = np.bincount(labels, minlength=class_count)
-    missing = np.flatnonzero(counts == 0)
-    if len(missing):
-        raise PipelineError("decision calibration needs validation images of every class; none of class(es) "
-                            f"{[int(index) for index in missing]}")
+    counts = _images_per_class(labels, class_count)
     offsets = np.zeros(class_count)
     best_offsets, best_shortfall = offsets.copy(), np.inf
     for _ in range(max_steps):
