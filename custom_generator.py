@@ -7,7 +7,7 @@ Reads:  data/processed/split_manifest.csv, data/interim/images/
 Writes: reports/figures/augmented_batch.png, and prints images per second.
 """
 
-from emotion_classifier import cli, input_pipeline
+from emotion_classifier import cli, generator
 
 if __name__ == "__main__":
-    raise SystemExit(cli.main(input_pipeline.run, __doc__, section="generator"))
+    raise SystemExit(cli.main(generator.run, __doc__, section="generator"))

@@ -19,7 +19,7 @@ RGB JPEGs with a face box (like AffectNet's photos):
    smaller than the training size (FER2013's) are batched and augmented at their own size;
    larger ones (the 512-pixel photos) are still shrunk here, so those rows repeat rows 4 and 3;
 9. ``ours_default_per_file`` and ``ours_default_resize_in_model_per_file``: rows 4 and 8 with
-   ``input_pipeline.READ_WHOLE_BATCHES`` off, one file per tf.data element instead of one
+   ``make_dataset(..., read_whole_batches=False)``, one file per tf.data element instead of one
    training batch (done only for crops of one size that are not decoded at reduced scale: the
    512-pixel photos are read one file per element either way, so there these rows repeat 4 and 8);
 10. ``memory_augmented`` and ``memory_augmented_resize_in_model``: ``input_mode = "memory"``'s
@@ -29,10 +29,10 @@ RGB JPEGs with a face box (like AffectNet's photos):
    (``resize_in_model = "auto"``: row 8 for crops of one size smaller than the training size,
    FER2013's; row 4 otherwise, the 512-pixel photos); not timed again.
 12. ``host_files_default`` and ``host_files_default_pillow``: the file path that needs no
-   TensorFlow (``input_mode = "arrays"``, the GPU machine's): ``input_pipeline.ImageBatches``
+   TensorFlow (``input_mode = "arrays"``, the GPU machine's): ``host_batches.ImageBatches``
    decoding and resizing every batch on the host, one thread per CPU core as Keras' PyDataset
    workers do, at the default size without augmentation; plain JPEGs decoded by OpenCV (the
-   default) and, in the second row, by Pillow (``DECODE_PLAIN_JPEGS_WITH_OPENCV`` off).
+   default) and, in the second row, by Pillow (``ImageBatches(..., use_opencv=False)``).
 
 The decode-only ceiling decodes each file at its own size; at the default training size our
 pipeline also resizes every image (FER2013's 48-pixel faces are enlarged to 112, a float
@@ -60,7 +60,8 @@ import numpy as np
 
 import common
 
-from emotion_classifier import in_memory, input_pipeline, tfrecords  # noqa: E402  (path set by common)
+from emotion_classifier import augmentation, host_batches, in_memory, tf_dataset, tfrecords  # noqa: E402
+from emotion_classifier.images import crops_smaller_than_input, handover_size  # noqa: E402
 from emotion_classifier.config import GeneratorConfig  # noqa: E402
 
 BATCH_SIZE = 64
@@ -79,21 +80,16 @@ def original_loader_batches(paths: list[str], batch_size: int):
 def host_file_batches(frame, images_root: Path, image_size: int, opencv: bool):
     """ImageBatches' training batches made by one thread per core, as Keras' PyDataset workers do."""
     workers = os.cpu_count() or 1
-    batches = input_pipeline.ImageBatches(frame, images_root, image_size, 3, BATCH_SIZE, training=True,
-                                          generator_config=GeneratorConfig(augment=False), workers=workers)
-    # Read when load_image runs: set as the first batch is asked for (the timing's start-up),
-    # and back to the default once the timing drops this generator.
-    input_pipeline.DECODE_PLAIN_JPEGS_WITH_OPENCV = opencv
-    try:
-        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            pending = collections.deque(pool.submit(batches.__getitem__, index % len(batches))
-                                        for index in range(2 * workers))
-            for index in itertools.count(len(pending)):
-                batch = pending.popleft().result()
-                pending.append(pool.submit(batches.__getitem__, index % len(batches)))
-                yield batch
-    finally:
-        input_pipeline.DECODE_PLAIN_JPEGS_WITH_OPENCV = True
+    batches = host_batches.ImageBatches(frame, images_root, image_size, 3, BATCH_SIZE, training=True,
+                                        generator_config=GeneratorConfig(augment=False), workers=workers,
+                                        use_opencv=opencv)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        pending = collections.deque(pool.submit(batches.__getitem__, index % len(batches))
+                                    for index in range(2 * workers))
+        for index in itertools.count(len(pending)):
+            batch = pending.popleft().result()
+            pending.append(pool.submit(batches.__getitem__, index % len(batches)))
+            yield batch
 
 
 def decode_only(paths: list[str], batch_size: int):
@@ -116,11 +112,9 @@ def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: 
     results: dict[str, float] = {}
 
     def ours(image_size: int, generator_config, resize_in_model: bool = False, whole_batches: bool = True):
-        # Read when make_dataset builds the dataset: training batches read whole (the default)
-        # or one file per element. Every file pipeline below is built here, so each sets it.
-        input_pipeline.READ_WHOLE_BATCHES = whole_batches
-        dataset = input_pipeline.make_dataset(frame, images_root, image_size, 3, BATCH_SIZE, training=True,
-                                              generator_config=generator_config, resize_in_model=resize_in_model)
+        dataset = tf_dataset.make_dataset(frame, images_root, image_size, 3, BATCH_SIZE, training=True,
+                                          generator_config=generator_config, resize_in_model=resize_in_model,
+                                          read_whole_batches=whole_batches)
         return dataset.repeat()
 
     results["original"] = common.time_batches(original_loader_batches(paths * 4, BATCH_SIZE // 4), original_images)
@@ -148,18 +142,18 @@ def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: 
         for variant, batches in file_pipelines.items():
             timings[variant].append(common.time_batches(batches(), images_wanted))
     results.update({variant: float(np.median(values)) for variant, values in timings.items()})
-    # What the default configuration runs (resize_in_model = "auto", training.resolve_resize_in_model):
+    # What the default configuration runs (resize_in_model = "auto", inputs.resolve_resize_in_model):
     # the model's own enlargement for crops smaller than the training size, host resizing otherwise.
-    enlarged_in_model = input_pipeline.crops_smaller_than_input(frame, images_root, size, 0.0) is not None
+    enlarged_in_model = crops_smaller_than_input(frame, images_root, size, 0.0) is not None
     results["ours_default_auto"] = results["ours_default_resize_in_model" if enlarged_in_model else "ours_default"]
     # input_mode "memory" (the path of backends without TensorFlow): augmenting decoded arrays on
     # the host with OpenCV, one thread, at the training size and at the size handed to a model
     # that resizes its own inputs.
     for variant, resize_in_model in (("memory_augmented", False), ("memory_augmented_resize_in_model", True)):
-        host_size = input_pipeline.handover_size(frame, images_root, size, 0.0, resize_in_model)
-        images, labels = input_pipeline.load_arrays(frame, images_root, host_size, 3, dtype="uint8")
+        host_size = handover_size(frame, images_root, size, 0.0, resize_in_model)
+        images, labels = host_batches.load_arrays(frame, images_root, host_size, 3, dtype="uint8")
         batches = in_memory.ArrayBatches(images, labels, BATCH_SIZE, training=True,
-                                         augmentation=in_memory.FaceAugmentation.from_config(augmented))
+                                         augmentation=augmentation.FaceAugmentation.from_config(augmented))
         results[variant] = common.time_batches(
             (batches[index % len(batches)] for index in itertools.count()), images_wanted // 2)
     cached = iter(ours(size, dataclasses.replace(plain, cache=True)))

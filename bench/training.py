@@ -22,7 +22,7 @@ Without TensorFlow (``KERAS_BACKEND=jax``, as on a GPU machine that has JAX but 
 the inputs are the backend-neutral ones of ``input_mode = "memory"`` and ``"arrays"``:
 
 - ``memory``: ``in_memory.ArrayBatches`` slicing batches from images decoded once (uint8);
-- ``files``: ``input_pipeline.ImageBatches`` decoding the JPEGs with Pillow in threads every step;
+- ``files``: ``host_batches.ImageBatches`` decoding the JPEGs with Pillow in threads every step;
 - ``in_memory``: one batch fed again and again; ``original_loader`` as above.
 
 No augmentation in any of them, so that every input trains the same model.
@@ -46,7 +46,7 @@ import pandas as pd
 import common
 
 import keras  # noqa: E402  (after common, which sets the import path)
-from emotion_classifier import distribute, input_pipeline  # noqa: E402  (path set by common)
+from emotion_classifier import distribute, host_batches, images, tf_dataset  # noqa: E402  (path set by common)
 from emotion_classifier.config import Config, GeneratorConfig  # noqa: E402
 from emotion_classifier.losses import WeightedCrossEntropy  # noqa: E402
 from emotion_classifier.models import build_model  # noqa: E402
@@ -163,13 +163,13 @@ def backend_neutral_main(arguments) -> None:
     rows = []
     resize = arguments.resize_in_model
     for section, name, size in configurations:
-        host_size = input_pipeline.handover_size(frame, root, size, 0.0, resize)
-        decoded, decoded_labels = input_pipeline.load_arrays(frame, root, host_size, 3, dtype="uint8")
+        host_size = images.handover_size(frame, root, size, 0.0, resize)
+        decoded, decoded_labels = host_batches.load_arrays(frame, root, host_size, 3, dtype="uint8")
         for mixed in precisions:
             total = steps + 2
             inputs = {
                 "memory": in_memory.ArrayBatches(decoded, decoded_labels, batch_size, training=True, workers=workers),
-                "files": input_pipeline.ImageBatches(frame, root, host_size, 3, batch_size, training=True,
+                "files": host_batches.ImageBatches(frame, root, host_size, 3, batch_size, training=True,
                                                      generator_config=plain, workers=workers),
                 "in_memory": RepeatedBatch(decoded[:batch_size].astype("float32"), decoded_labels[:batch_size], total),
             }
@@ -240,7 +240,7 @@ def main() -> None:
     rows = []
     for section, name, size in configurations:
         for mixed in precisions:
-            pipeline = input_pipeline.make_dataset(frame, root, size, 3, batch_size, training=True,
+            pipeline = tf_dataset.make_dataset(frame, root, size, 3, batch_size, training=True,
                                                    generator_config=GeneratorConfig(),
                                                    resize_in_model=arguments.resize_in_model).repeat()
             first_images, first_labels = next(iter(pipeline))

@@ -14,7 +14,7 @@ import pytest
 
 import emotion_classifier
 from emotion_classifier import acquire, archives, files
-from emotion_classifier.cli import PipelineError
+from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import Config
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from emotion_classifier import archives
-from emotion_classifier.cli import PipelineError
+from emotion_classifier.errors import PipelineError
 
 CONTENT = {
     "dataset/train/happy/a.jpg": b"happy image a",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from emotion_classifier import calibration, model_io, training
-from emotion_classifier.cli import PipelineError
+from emotion_classifier.errors import PipelineError
 from test_training import tiny_config
 
 

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from emotion_classifier import consolidate, files
-from emotion_classifier.cli import PipelineError
+from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import Config
 
-from fer_data import FER_ROOT
+from fer_data import SHARED_FER_ROOT
 
 
 def write(path: Path, data: bytes) -> Path:
@@ -134,12 +134,11 @@ def test_missing_extracted_data_is_a_clear_error(tmp_path):
         consolidate.run(make_config(tmp_path))
 
 
+@pytest.mark.shared_data
 def test_real_fer_images_are_consolidated(tmp_path):
-    if not FER_ROOT.is_dir():
-        pytest.skip("the shared FER2013 images are not available")
     source = tmp_path / "data" / "raw" / "extracted" / "fer2013" / "fer2013"
     for split in ("train", "val"):
-        for class_folder in sorted((FER_ROOT / split).iterdir())[:2]:
+        for class_folder in sorted((SHARED_FER_ROOT / split).iterdir())[:2]:
             for image in sorted(class_folder.iterdir())[:3]:
                 target = source / split / class_folder.name / image.name
                 target.parent.mkdir(parents=True, exist_ok=True)

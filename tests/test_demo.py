@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from emotion_classifier import demo, model_io, notebook, predict
-from emotion_classifier.cli import PipelineError
+from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import Config
 from model_fixtures import save_tiny_model
 

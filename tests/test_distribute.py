@@ -15,10 +15,9 @@ from pathlib import Path
 import keras
 import pandas as pd
 import pytest
-from fer_data import FULL_FER_AVAILABLE
 
 from emotion_classifier import distribute
-from emotion_classifier.cli import PipelineError
+from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import to_toml
 from test_training import tiny_config
 
@@ -92,7 +91,7 @@ def assert_trained_and_saved_once(tmp_path: Path) -> None:
     assert sorted(path.name for path in saved_models) == ["best.keras", "epoch_0004.keras"]
 
 
-@pytest.mark.skipif(not FULL_FER_AVAILABLE, reason="needs ../shared/datasets/fer2013: too few sample images for the loss to fall reliably")
+@pytest.mark.shared_data  # too few sample images for the loss to fall reliably
 def test_mirrored_strategy_trains_on_two_logical_cpus(tmp_path):
     config_path = distributed_config(tmp_path, "mirrored")
     script = tmp_path / "child.py"
@@ -113,7 +112,7 @@ def free_port() -> int:
 # Keras 3's fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585); training works
 # around it (training._work_around_multi_worker_fit), and this test fails if a Keras release
 # changes what the work-around relies on.
-@pytest.mark.skipif(not FULL_FER_AVAILABLE, reason="needs ../shared/datasets/fer2013: too few sample images for the loss to fall reliably")
+@pytest.mark.shared_data  # too few sample images for the loss to fall reliably
 def test_multi_worker_strategy_trains_with_two_local_workers(tmp_path):
     config_path = distributed_config(tmp_path, "auto")
     script = tmp_path / "child.py"

@@ -25,7 +25,7 @@ import pytest
 
 from drive_server import FakeDriveServer
 from emotion_classifier import drive
-from emotion_classifier.cli import PipelineError
+from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import GetDataConfig
 
 # Tiny chunks so that a few kilobytes make several chunk requests.

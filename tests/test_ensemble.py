@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from emotion_classifier import calibration, ensemble, model_io, training
-from emotion_classifier.cli import PipelineError
+from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import ConfigError, validate
 from test_training import tiny_config
 

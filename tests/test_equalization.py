@@ -8,10 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from emotion_classifier import equalization, faces, input_pipeline, model_io, predict, training
+from emotion_classifier import equalization, faces, host_batches, model_io, predict, runs, tf_dataset, training
+from emotion_classifier.images import load_image
 from emotion_classifier.config import ConfigError, validate
-from fer_data import FER_ROOT
-from test_input_pipeline import copy_fer_images, manifest_frame, no_augmentation
+from fer_data import fer_root
+from split_fixtures import copy_fer_images, manifest_frame, no_augmentation
 from test_training import tiny_config
 
 
@@ -27,7 +28,7 @@ def test_numpy_and_tensorflow_equalisation_give_opencvs_pixels():
     import tensorflow as tf
 
     random = np.random.default_rng(3)
-    real = [cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) for path in sorted((FER_ROOT / "train" / "sad").iterdir())[:20]]
+    real = [cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) for path in sorted((fer_root() / "train" / "sad").iterdir())[:20]]
     images = np.stack([
         *real,
         np.full((48, 48), 77, dtype=np.uint8),                                  # one grey level: unchanged
@@ -47,7 +48,7 @@ def test_numpy_and_tensorflow_equalisation_give_opencvs_pixels():
 
 
 def test_equalisation_undoes_a_contrast_change_that_the_raw_pixels_keep():
-    face = cv2.imread(str(sorted((FER_ROOT / "train" / "happy").iterdir())[0]), cv2.IMREAD_GRAYSCALE)
+    face = cv2.imread(str(sorted((fer_root() / "train" / "happy").iterdir())[0]), cv2.IMREAD_GRAYSCALE)
     dimmed = (face * 0.4 + 20).astype(np.uint8)
     plain, dimmed_plain = (faces.model_input(np.dstack([image] * 3), 48, 1) for image in (face, dimmed))
     equalised, dimmed_equalised = (faces.model_input(np.dstack([image] * 3), 48, 1, equalize_histogram=True)
@@ -62,27 +63,27 @@ def test_tf_data_and_pillow_paths_equalise_alike(tmp_path):
     filenames, labels = copy_fer_images(tmp_path, per_class=4)
     boxes = [(5, 6, 30, 36) if position % 2 else None for position in range(len(filenames))]
     frame = manifest_frame(filenames, labels, boxes=boxes)
-    dataset = input_pipeline.make_dataset(frame, tmp_path, 40, 1, 64, False, no_augmentation(), equalize_histogram=True)
+    dataset = tf_dataset.make_dataset(frame, tmp_path, 40, 1, 64, False, no_augmentation(), equalize_histogram=True)
     tf_images = next(iter(dataset))[0].numpy()
-    pillow_images, _ = input_pipeline.load_arrays(frame, tmp_path, 40, 1, equalize_histogram=True)
-    plain_images, _ = input_pipeline.load_arrays(frame, tmp_path, 40, 1)
+    pillow_images, _ = host_batches.load_arrays(frame, tmp_path, 40, 1, equalize_histogram=True)
+    plain_images, _ = host_batches.load_arrays(frame, tmp_path, 40, 1)
     # Each path equalises its own resized pixels, exactly as equalize_histogram does...
     np.testing.assert_array_equal(pillow_images, equalization.equalize_histogram(plain_images))
     for images in (tf_images, pillow_images):
         assert_spread(images)
     # ...and the two paths, whose resized pixels differ by under a grey level, stay close.
     assert np.abs(tf_images - pillow_images).mean() < 2.0
-    single = input_pipeline.load_image(tmp_path / filenames[0], 40, 1, equalize_histogram=True)
+    single = load_image(tmp_path / filenames[0], 40, 1, equalize_histogram=True)
     np.testing.assert_array_equal(single, pillow_images[0])
     with pytest.raises(ValueError, match="channels = 1"):
-        input_pipeline.make_dataset(frame, tmp_path, 40, 3, 8, False, no_augmentation(), equalize_histogram=True)
+        tf_dataset.make_dataset(frame, tmp_path, 40, 3, 8, False, no_augmentation(), equalize_histogram=True)
 
 
 def test_the_setting_trains_travels_with_the_model_and_is_refused_for_colour(tmp_path):
     config = tiny_config(tmp_path, input_mode="memory", epochs=1)
-    plain_fingerprint = training._run_fingerprint(config, "model_4")
+    plain_fingerprint = runs.run_fingerprint(config, "model_4")
     config.model_4.equalize_histogram = True
-    assert training._run_fingerprint(config, "model_4") != plain_fingerprint
+    assert runs.run_fingerprint(config, "model_4") != plain_fingerprint
     run_dir = training.train(config, "model_4")
     info = model_io.read_model_info(run_dir / "best.keras")
     assert info["equalize_histogram"] is True

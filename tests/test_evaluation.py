@@ -12,12 +12,12 @@ import pytest
 from PIL import Image
 from sklearn import metrics as sklearn_metrics
 
-from emotion_classifier import evaluation, manifest, model_io
-from emotion_classifier.cli import PipelineError
+from emotion_classifier import evaluation, images, manifest, model_io
+from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import Config
 from model_fixtures import save_tiny_model
 
-from fer_data import FER_ROOT as FER2013
+from fer_data import fer_root
 # The model knows "surprise", which the folder dataset below lacks; the dataset has "disgust",
 # which the model does not know.
 MODEL_CLASSES = ["neutral", "happy", "sad", "anger", "surprise"]
@@ -76,7 +76,7 @@ def fer_folder(tmp_path) -> Path:
         for folder in ("angry", "disgust", "happy", "neutral", "sad"):
             target = root / split / folder
             target.mkdir(parents=True)
-            for source in sorted((FER2013 / split / folder).iterdir())[:per_class]:
+            for source in sorted((fer_root() / split / folder).iterdir())[:per_class]:
                 shutil.copy(source, target / source.name)
     (root / "val" / "README.txt").write_text("not an image")
     return root
@@ -215,17 +215,17 @@ def test_compute_metrics_averages_over_classes_present():
 
 
 def test_test_time_views_flip_and_crop_geometry():
-    images = np.zeros((2, 10, 10, 1), dtype=np.float32)
-    images[:, :, :5, :] = 255.0  # left half white
-    assert len(evaluation.test_time_views(images, "none")) == 1
-    flipped = evaluation.test_time_views(images, "flip")
+    batch = np.zeros((2, 10, 10, 1), dtype=np.float32)
+    batch[:, :, :5, :] = 255.0  # left half white
+    assert len(images.test_time_views(batch, "none")) == 1
+    flipped = images.test_time_views(batch, "flip")
     assert len(flipped) == 2
     assert flipped[1][0, 0, 9, 0] == 255.0 and flipped[1][0, 0, 0, 0] == 0.0
-    views = evaluation.test_time_views(images, "flip_crops", crop_fraction=0.8)
+    views = images.test_time_views(batch, "flip_crops", crop_fraction=0.8)
     assert len(views) == 12
-    assert all(view.shape == images.shape for view in views)
+    assert all(view.shape == batch.shape for view in views)
     assert all(view.min() >= 0.0 and view.max() <= 255.0 for view in views)
     # The top-left crop (first crop view) keeps more white than the top-right crop.
     assert views[1].mean() > views[2].mean()
     with pytest.raises(ValueError, match="unknown test-time augmentation"):
-        evaluation.test_time_views(images, "rotate")
+        images.test_time_views(batch, "rotate")

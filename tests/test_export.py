@@ -10,22 +10,23 @@ import pytest
 from PIL import Image
 
 from emotion_classifier import export, files, model_io
-from emotion_classifier.cli import PipelineError
+from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import Config
 
-from fer_data import FER_ROOT, FULL_FER_AVAILABLE
+from fer_data import SHARED_FER_ROOT
 IMAGE_SIZE = 32
 TRAIN_PER_CLASS = 40
 VERIFY_PER_CLASS = 20
 
-pytestmark = pytest.mark.skipif(not FULL_FER_AVAILABLE, reason="needs ../shared/datasets/fer2013 (more validation faces than the shipped sample)")
+# More validation faces than the shipped sample holds.
+pytestmark = pytest.mark.shared_data
 
 
 def fer_images(split: str, per_class: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    classes = sorted(path.name for path in (FER_ROOT / split).iterdir() if path.is_dir())
+    classes = sorted(path.name for path in (SHARED_FER_ROOT / split).iterdir() if path.is_dir())
     images, labels = [], []
     for index, name in enumerate(classes):
-        for path in sorted((FER_ROOT / split / name).glob("*.jpg"))[:per_class]:
+        for path in sorted((SHARED_FER_ROOT / split / name).glob("*.jpg"))[:per_class]:
             picture = Image.open(path).convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
             images.append(np.asarray(picture, dtype=np.float32))
             labels.append(index)
@@ -132,7 +133,7 @@ def test_stage_reads_a_folder_of_images_and_skips_an_unchanged_rerun(trained, tm
     model_path, _, _ = trained
     folder = tmp_path / "faces"
     folder.mkdir()
-    for path in sorted((FER_ROOT / "train" / "happy").glob("*.jpg"))[:20]:
+    for path in sorted((SHARED_FER_ROOT / "train" / "happy").glob("*.jpg"))[:20]:
         (folder / path.name).write_bytes(path.read_bytes())
     config = Config()
     config.export.model = str(model_path)

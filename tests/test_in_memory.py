@@ -13,17 +13,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emotion_classifier import in_memory, input_pipeline, model_io, training
+from emotion_classifier import augmentation, generator, host_batches, in_memory, model_io, split_files, training
 from emotion_classifier.config import GeneratorConfig
-from test_input_pipeline import write_split_fixture
+from split_fixtures import write_split_fixture
 from test_training import tiny_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def split_rows(config, split: str) -> pd.DataFrame:
-    frame, _ = input_pipeline.read_split(config)
-    return input_pipeline.split_rows(frame, split)
+    frame, _ = split_files.read_split(config)
+    return split_files.split_rows(frame, split)
 
 
 def test_split_arrays_decode_once_match_pillow_and_are_reused(tmp_path, monkeypatch):
@@ -33,13 +33,13 @@ def test_split_arrays_decode_once_match_pillow_and_are_reused(tmp_path, monkeypa
     images, labels, left_out = in_memory.split_arrays(*arguments)
     assert images.dtype == np.uint8 and images.shape == (len(rows), 32, 32, 1) and left_out == 0
     np.testing.assert_array_equal(labels, rows["class_index"].to_numpy())
-    expected, _ = input_pipeline.load_arrays(rows, config.paths.images_root, 32, 1)
+    expected, _ = host_batches.load_arrays(rows, config.paths.images_root, 32, 1)
     np.testing.assert_array_equal(images, np.round(expected).astype("uint8"))
     cached = sorted(path.name for path in (Path(config.paths.processed) / "arrays").iterdir())
     assert len(cached) == 3 and any(name.endswith(".json") for name in cached)
 
     # Unchanged rows and settings: read back, never decoded again.
-    monkeypatch.setattr(input_pipeline, "load_arrays", lambda *args, **kwargs: pytest.fail("decoded again"))
+    monkeypatch.setattr(in_memory, "load_arrays", lambda *args, **kwargs: pytest.fail("decoded again"))
     again, again_labels, _ = in_memory.split_arrays(*arguments)
     np.testing.assert_array_equal(again, images)
     np.testing.assert_array_equal(again_labels, labels)
@@ -101,9 +101,9 @@ def test_array_batches_cover_every_image_once_per_epoch_and_reshuffle():
 def test_augmented_batches_do_not_depend_on_the_order_they_are_made_in():
     images = np.random.default_rng(0).integers(0, 256, size=(16, 12, 12, 1), dtype=np.uint8)
     labels = np.zeros(16, dtype="int32")
-    augmentation = in_memory.FaceAugmentation(GeneratorConfig(rotation_degrees=10, zoom=0.1, random_erasing=0.5))
-    forwards = in_memory.ArrayBatches(images, labels, 4, training=True, seed=1, augmentation=augmentation)
-    backwards = in_memory.ArrayBatches(images, labels, 4, training=True, seed=1, augmentation=augmentation)
+    face_augmentation = augmentation.FaceAugmentation(GeneratorConfig(rotation_degrees=10, zoom=0.1, random_erasing=0.5))
+    forwards = in_memory.ArrayBatches(images, labels, 4, training=True, seed=1, augmentation=face_augmentation)
+    backwards = in_memory.ArrayBatches(images, labels, 4, training=True, seed=1, augmentation=face_augmentation)
     made_forwards = [forwards[index][0] for index in range(4)]
     made_backwards = [backwards[index][0] for index in reversed(range(4))][::-1]
     for one, other in zip(made_forwards, made_backwards):
@@ -115,20 +115,20 @@ def test_face_augmentation_keeps_shape_and_range_and_each_setting_acts():
     face = np.zeros((1, 16, 16, 1), dtype="uint8")
     face[0, :, :8] = 200  # left half bright
     off = GeneratorConfig(flip=False, rotation_degrees=0, zoom=0, translation=0, contrast=0, random_erasing=0)
-    np.testing.assert_array_equal(in_memory.FaceAugmentation(off)(face, random), face.astype("float32"))
+    np.testing.assert_array_equal(augmentation.FaceAugmentation(off)(face, random), face.astype("float32"))
 
     flip_only = GeneratorConfig(flip=True, rotation_degrees=0, zoom=0, translation=0, contrast=0, random_erasing=0)
-    outcomes = {int(in_memory.FaceAugmentation(flip_only)(face, random)[0, 0, 0, 0]) for _ in range(30)}
+    outcomes = {int(augmentation.FaceAugmentation(flip_only)(face, random)[0, 0, 0, 0]) for _ in range(30)}
     assert outcomes == {0, 200}  # mirrored about half of the time, never anything else
 
     erase_always = GeneratorConfig(flip=False, rotation_degrees=0, zoom=0, translation=0, contrast=0,
                                    random_erasing=1.0)
-    erased = in_memory.FaceAugmentation(erase_always)(np.full((1, 16, 16, 3), 100, dtype="uint8"), random)
+    erased = augmentation.FaceAugmentation(erase_always)(np.full((1, 16, 16, 3), 100, dtype="uint8"), random)
     assert (erased != 100).any() and (erased == 100).mean() > 0.5
 
     everything = GeneratorConfig(rotation_degrees=15, zoom=0.2, translation=0.1, contrast=0.5, random_erasing=0.5)
     batch = random.integers(0, 256, size=(32, 24, 24, 3), dtype=np.uint8)
-    augmented = in_memory.FaceAugmentation(everything)(batch, random)
+    augmented = augmentation.FaceAugmentation(everything)(batch, random)
     assert augmented.shape == batch.shape and augmented.dtype == np.float32
     assert augmented.min() >= 0.0 and augmented.max() <= 255.0
     assert not np.allclose(augmented, batch)
@@ -254,8 +254,8 @@ def test_augment_false_turns_mixup_off_too(tmp_path):
     config = tiny_config(tmp_path, input_mode="memory", epochs=1)
     config.generator.mixup = 0.2
     config.generator.augment = False
-    assert training.mixup_alpha(config.generator) == 0.0
-    assert training.one_hot_classes(config.generator, 3) is None
+    assert augmentation.mixup_alpha(config.generator) == 0.0
+    assert augmentation.one_hot_classes(config.generator, 3) is None
     run_dir = training.train(config, "model_4")
     assert len(pd.read_csv(run_dir / "metrics.csv")) == 1
     config.model_4.input_mode = "arrays"
@@ -266,7 +266,7 @@ def test_augment_false_turns_mixup_off_too(tmp_path):
 def test_the_generator_stage_previews_what_memory_mode_trains_on(tmp_path, capsys):
     config = tiny_config(tmp_path, input_mode="memory")
     config.generator.mixup = 0.3
-    assert input_pipeline.run(config) == 0
+    assert generator.run(config) == 0
     figure = Path(config.paths.reports) / "figures" / "augmented_batch.png"
     assert figure.stat().st_size > 1000
     summary = json.loads(capsys.readouterr().out.splitlines()[0])

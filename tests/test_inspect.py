@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from emotion_classifier import files, inspect_images
-from emotion_classifier.cli import PipelineError
+from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import Config
 from emotion_classifier.manifest import MANIFEST_COLUMNS
 

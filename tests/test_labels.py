@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from emotion_classifier import files, labels
-from emotion_classifier.cli import PipelineError
+from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import Config
 from emotion_classifier.manifest import MANIFEST_COLUMNS, REJECTED_COLUMNS, read_manifest
 
-from fer_data import FER_ROOT as FER2013
+from fer_data import fer_root
 HEADER = ",".join(labels.AFFECTNET_CSV_COLUMNS)
 IMAGE_SIZE = (120, 100)
 LANDMARKS = ";".join(f"{value:.2f}" for value in np.linspace(20.0, 90.0, 136))
@@ -239,7 +239,7 @@ def test_later_release_npy_layout(tmp_path):
 
 def _copy_fer_images(source_split: str, source_class: str, destination: Path, count: int) -> None:
     destination.mkdir(parents=True, exist_ok=True)
-    for path in sorted((FER2013 / source_split / source_class).iterdir())[:count]:
+    for path in sorted((fer_root() / source_split / source_class).iterdir())[:count]:
         shutil.copy(path, destination / path.name)
 
 

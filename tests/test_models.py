@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from emotion_classifier import models
-from emotion_classifier.cli import PipelineError
+from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import Config
 from emotion_classifier.models import CaffePreprocessing, build_model, build_model_4, build_model_6
 

@@ -18,13 +18,13 @@ import pandas as pd
 import pytest
 
 from affectnet_fixture import build_affectnet_archives
+from emotion_classifier import generator
 from emotion_classifier import (
     acquire,
     cli,
     consolidate,
     demo,
     evaluation,
-    input_pipeline,
     inspect_images,
     labels,
     splits,
@@ -40,7 +40,7 @@ STAGES = [
     ("get_filenames_and_labels.py", labels.run, "labels"),
     ("inspect_images.py", inspect_images.run, "inspect"),
     ("train_valid_test_clean.py", splits.run, "split"),
-    ("custom_generator.py", input_pipeline.run, "generator"),
+    ("custom_generator.py", generator.run, "generator"),
     ("model_4.py", training.run_model_4, "model_4"),
     ("model_evaluation_4.py", evaluation.run_model_evaluation_4, "model_evaluation_4"),
     ("model_6.py", training.run_model_6, "model_6"),

@@ -12,15 +12,14 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-from fer_data import FER_ROOT
+from fer_data import fer_root
 from PIL import Image
 
-from emotion_classifier import ensemble, export, gradcam, model_io, predict
-from emotion_classifier.cli import PipelineError
+from emotion_classifier import ensemble, export, gradcam, images, model_io, predict
+from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import PredictConfig
 
 GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-FER_IMAGE = next(iter(sorted((FER_ROOT / "val" / "happy").glob("*.jpg"))), None)
 CLASSES = ["anger", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 IMAGE_SIZE = 64
 EXIF_ORIENTATION_TAG = 0x0112
@@ -65,8 +64,7 @@ def photos(tmp_path_factory) -> Path:
     portrait.convert("L").save(folder / "gray.webp")
     gradient = np.tile(np.linspace(0, 255, 300, dtype=np.uint8), (200, 1))
     Image.fromarray(gradient).convert("RGBA").save(folder / "no_face.png")
-    if FER_IMAGE is not None:
-        Image.open(FER_IMAGE).save(folder / "tight_crop.bmp")
+    Image.open(sorted((fer_root() / "val" / "happy").glob("*.jpg"))[0]).save(folder / "tight_crop.bmp")
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     return folder
 
@@ -99,11 +97,10 @@ def test_photos_without_faces_and_broken_files_are_listed(result):
     assert pd.isna(table.loc["no_face.png", "probability"])
     assert table.loc["broken.jpg", "status"] == "unreadable"
     assert "cannot identify image file" in table.loc["broken.jpg", "error"]
-    if FER_IMAGE is not None:
-        # 48x48 crops are at most face_crop_max_side: classified whole, flagged, with no box.
-        assert table.loc["tight_crop.bmp", "status"] == "whole_image"
-        assert table.loc["tight_crop.bmp", "predicted"] in CLASSES
-        assert pd.isna(table.loc["tight_crop.bmp", "x"])
+    # 48x48 crops are at most face_crop_max_side: classified whole, flagged, with no box.
+    assert table.loc["tight_crop.bmp", "status"] == "whole_image"
+    assert table.loc["tight_crop.bmp", "predicted"] in CLASSES
+    assert pd.isna(table.loc["tight_crop.bmp", "x"])
     assert result.summary["unreadable_files"] == 1 and result.summary["photos_without_faces"] == 1
     assert result.summary["faces"] == 6
 
@@ -125,18 +122,17 @@ def test_csv_json_and_table_agree(result):
 def test_annotated_copies_gradcam_and_contact_sheet_are_written(result, photos):
     annotated = result.output_dir / "annotated"
     assert (annotated / "group" / "pair.png.jpg").is_file()
-    readable = 7 if FER_IMAGE is not None else 6  # every file but broken.jpg
+    readable = 7  # every file but broken.jpg
     assert len(result.annotated) == readable
     portrait = np.asarray(Image.open(annotated / "portrait.jpg.jpg"), dtype=np.int16)
     original = np.asarray(Image.open(photos / "portrait.jpg"), dtype=np.int16)
     assert portrait.shape == original.shape
     assert np.abs(portrait - original).max() > 100  # a box and a label were drawn
     # Small photos are enlarged so their label can be read.
-    if FER_IMAGE is not None:
-        assert min(Image.open(annotated / "tight_crop.bmp.jpg").size) >= predict.MINIMUM_ANNOTATED_SIDE
+    assert min(Image.open(annotated / "tight_crop.bmp.jpg").size) >= predict.MINIMUM_ANNOTATED_SIDE
     explained = np.asarray(Image.open(annotated / "portrait.jpg.gradcam.jpg"), dtype=np.int16)
     assert explained.shape == portrait.shape and np.abs(explained - portrait).mean() > 1
-    assert len(result.gradcam) == 5 + int(FER_IMAGE is not None)  # photos with a classified region
+    assert len(result.gradcam) == 6  # photos with a classified region
     sheet = Image.open(result.output_dir / predict.CONTACT_SHEET_NAME)
     # Seven classified regions (six faces and the tight crop): a 3 x 3 grid of captioned tiles.
     tile = PredictConfig().contact_sheet_tile
@@ -269,8 +265,6 @@ class RecordingClassifier:
 
 
 def test_faces_are_classified_as_the_mean_over_the_models_calibrated_views():
-    from emotion_classifier import evaluation
-
     rng = np.random.default_rng(4)
     crops = [rng.uniform(0, 255, (16, 16, 1)).astype("float32") for _ in range(5)]
     results = [predict.PhotoResult(Path(f"{index}.jpg"), f"{index}.jpg", predict.FACE, crops=crops[index:index + 1])
@@ -282,7 +276,7 @@ def test_faces_are_classified_as_the_mean_over_the_models_calibrated_views():
     # 12 views of each face, all views of a batch of faces in one call.
     assert [len(batch) for batch in classifier.batches] == [24, 24, 12]
     expected = np.mean([view.reshape(5, -1).mean(axis=1) / 255.0
-                        for view in evaluation.test_time_views(np.stack(crops), "flip_crops", 0.8)], axis=0)
+                        for view in images.test_time_views(np.stack(crops), "flip_crops", 0.8)], axis=0)
     np.testing.assert_allclose([result.probabilities[0, 0] for result in results], expected, rtol=1e-5)
     # An explicit setting wins (the default is the mirror); an uncalibrated model with "model"
     # gets no views.
@@ -297,7 +291,7 @@ def test_margin_check_tool_scores_each_margin_on_detected_faces(tmp_path):
     import os
 
     from model_fixtures import save_tiny_model
-    from test_input_pipeline import copy_fer_images
+    from split_fixtures import copy_fer_images
 
     project_root = Path(__file__).resolve().parents[1]
     dataset = tmp_path / "val"

@@ -9,7 +9,7 @@ import pytest
 
 from emotion_classifier import files, splits
 from emotion_classifier.classes import CANONICAL_CLASSES
-from emotion_classifier.cli import PipelineError
+from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import Config
 from emotion_classifier.manifest import MANIFEST_COLUMNS
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from emotion_classifier import calibration, files, model_io, training
-from emotion_classifier.cli import PipelineError
+from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import ConfigError, validate
 from emotion_classifier.models import build_model
 from test_training import tiny_config

@@ -9,15 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emotion_classifier import input_pipeline, tfrecords, training
+from emotion_classifier import split_files, tfrecords, training
+from emotion_classifier.images import load_image
 from emotion_classifier.config import GeneratorConfig
-from test_input_pipeline import write_split_fixture
+from split_fixtures import write_split_fixture
 from test_training import tiny_config
 
 
 def training_frame(config) -> pd.DataFrame:
-    frame, _classes = input_pipeline.read_split(config)
-    return input_pipeline.split_rows(frame, "train")
+    frame, _classes = split_files.read_split(config)
+    return split_files.split_rows(frame, "train")
 
 
 def test_shards_hold_the_pillow_pixels_and_labels_of_every_row(tmp_path):
@@ -37,10 +38,10 @@ def test_shards_hold_the_pillow_pixels_and_labels_of_every_row(tmp_path):
     labels = np.concatenate([batch[1].numpy() for batch in dataset])
     assert images.shape == (9, 32, 32, 1) and images.dtype == np.float32 and labels.dtype == np.int32
     expected = {}
-    boxes = input_pipeline._face_boxes(rows)
+    boxes = split_files.face_boxes(rows)
     for position, filename in enumerate(rows["filename"]):
         box = boxes[position] if boxes[position, 2] > 0 else None
-        pixels = input_pipeline.load_image(Path(config.paths.images_root) / filename, 32, 1, box)
+        pixels = load_image(Path(config.paths.images_root) / filename, 32, 1, box)
         expected[np.round(pixels).astype("uint8").tobytes()] = int(rows["class_index"][position])
     found = {image.astype("uint8").tobytes(): int(label) for image, label in zip(images, labels)}
     assert found == expected
@@ -82,7 +83,7 @@ def test_training_from_tfrecords_matches_the_configured_source(tmp_path):
 
 
 def test_missing_index_is_a_clear_error(tmp_path):
-    from emotion_classifier.cli import PipelineError
+    from emotion_classifier.errors import PipelineError
 
     with pytest.raises(PipelineError, match="index.json not found"):
         tfrecords.make_dataset(tmp_path, 4, True, GeneratorConfig())

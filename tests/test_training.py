@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from emotion_classifier import manifest, model_io, training
-from emotion_classifier.cli import PipelineError
-from test_input_pipeline import write_split_fixture
+from emotion_classifier import inputs, manifest, model_io, runs, training
+from emotion_classifier.errors import PipelineError
+from split_fixtures import write_split_fixture
 
 RUN_FILES = ("best.keras", "model_info.json", "config.json", "config.toml", "metrics.csv",
              "history.png", "code_version.txt", "training_summary.json")
@@ -123,15 +123,15 @@ def test_classes_without_training_images_are_reported(tmp_path):
 
 CHILD_SCRIPT = textwrap.dedent("""
     import sys, time
-    from emotion_classifier import input_pipeline, training
+    from emotion_classifier import host_batches, training
     from emotion_classifier.config import load_config
 
     # Slow every batch down so that the parent's kill lands in the middle of an epoch.
-    original = input_pipeline.ImageBatches.__getitem__
+    original = host_batches.ImageBatches.__getitem__
     def slow(self, index):
         time.sleep(float(sys.argv[2]))
         return original(self, index)
-    input_pipeline.ImageBatches.__getitem__ = slow
+    host_batches.ImageBatches.__getitem__ = slow
     training.train(load_config(sys.argv[1]), "model_4")
 """)
 
@@ -193,7 +193,7 @@ def test_an_image_that_fails_to_decode_during_training_is_skipped_counted_and_re
     # Named on the console and in the run folder, once however often it was met.
     corrupt_path = str(Path(config.paths.images_root) / corrupt)
     assert f"unreadable: {corrupt_path}" in output
-    assert (run_dir / training.SKIPPED_LIST_NAME).read_text().split() == [corrupt_path]
+    assert (run_dir / runs.SKIPPED_LIST_NAME).read_text().split() == [corrupt_path]
     model_io.load_trained_model(run_dir / "best.keras")
 
 
@@ -222,7 +222,7 @@ def test_resize_in_model_auto_is_true_only_for_crops_smaller_than_the_input(tmp_
 
     def resolved(image_size: int, **settings) -> bool:
         section = dataclasses.replace(config.model_4, image_size=image_size, resize_in_model="auto", **settings)
-        training.resolve_resize_in_model(config, section, rows)
+        inputs.resolve_resize_in_model(config, section, rows)
         return section.resize_in_model
 
     assert resolved(64) is True and resolved(112) is True
@@ -233,7 +233,7 @@ def test_resize_in_model_auto_is_true_only_for_crops_smaller_than_the_input(tmp_
     assert resolved(64) is False and resolved(64, input_mode="memory") is True
     config.generator.source = "files"
     explicit = dataclasses.replace(config.model_4, image_size=64, resize_in_model=False)
-    training.resolve_resize_in_model(config, explicit, rows)
+    inputs.resolve_resize_in_model(config, explicit, rows)
     assert explicit.resize_in_model is False
     # Faces of several sizes (an image of another size in the sample): no common size, no layer.
     for filename in rows["filename"].iloc[::2]:
@@ -246,11 +246,11 @@ def test_settings_added_later_leave_earlier_runs_fingerprints_alone(tmp_path):
     config = tiny_config(tmp_path)
     # What training resolves "auto" to for these 48-pixel faces at 32 (no resizing layer).
     config.model_4.resize_in_model = False
-    before = training._run_fingerprint(config, "model_4")
+    before = runs.run_fingerprint(config, "model_4")
     config.model_4.resize_in_model = True
-    assert training._run_fingerprint(config, "model_4") != before
+    assert runs.run_fingerprint(config, "model_4") != before
     config.model_4.resize_in_model = False
-    assert training._run_fingerprint(config, "model_4") == before
+    assert runs.run_fingerprint(config, "model_4") == before
     settings = config.to_dict()["model_4"]
     assert {"resize_in_model", "equalize_histogram"} <= set(settings)
 
@@ -262,9 +262,8 @@ def test_host_side_inputs_keep_small_faces_at_their_size_for_a_model_that_resize
     config.model_4.resize_in_model = True
     config.generator.augment = True
     training_rows = pd.read_csv(config.paths.split_manifest).query("split == 'train'")
-    training_data, validation_data, _steps, _skipped = training._make_inputs(
-        config, config.model_4, training_rows, training_rows, num_classes=3)
-    assert training_data[0][0].shape[1:] == (48, 48, 1) and validation_data[0][0].shape[1:] == (48, 48, 1)
+    made = inputs.make_inputs(config, config.model_4, training_rows, training_rows, num_classes=3)
+    assert made.training[0][0].shape[1:] == (48, 48, 1) and made.validation[0][0].shape[1:] == (48, 48, 1)
     run_dir = training.train(config, "model_4")
     assert np.isfinite(pd.read_csv(run_dir / "metrics.csv")["val_loss"]).all()
     if input_mode == "memory":

@@ -23,7 +23,8 @@ import numpy as np
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT / "src"))
 
-from emotion_classifier import classes as class_names, equalization, files, input_pipeline, model_io  # noqa: E402
+from emotion_classifier import classes as class_names, equalization, files, model_io  # noqa: E402
+from emotion_classifier.images import load_image  # noqa: E402
 from emotion_classifier.evaluation import compute_metrics  # noqa: E402
 
 # Global changes of grey levels x in [0, 255]: a flatter, a darker, a brighter, a dim and flat face.
@@ -60,7 +61,7 @@ def main() -> None:
         raise SystemExit(f"{arguments.dataset}: no folder of the model's classes ({', '.join(model_classes)})")
     size = int(info["image_size"])
     # The faces as the model's own input path reads them, before any equalisation.
-    faces = np.stack([input_pipeline.load_image(path, size, 1) for path in paths])
+    faces = np.stack([load_image(path, size, 1) for path in paths])
     labels = np.asarray(labels)
 
     rows = []

@@ -31,7 +31,7 @@ from PIL import Image
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT / "src"))
 
-from emotion_classifier import classes as class_names, faces, files, input_pipeline, model_io, predict  # noqa: E402
+from emotion_classifier import classes as class_names, faces, files, images, model_io, predict  # noqa: E402
 from emotion_classifier.config import PredictConfig  # noqa: E402
 from emotion_classifier.evaluation import compute_metrics  # noqa: E402
 
@@ -91,7 +91,7 @@ def main() -> None:
         raise SystemExit("the detector found no face at every margin")
     true_index = np.array([truth[name] for name in common])
     model, _ = model_io.load_trained_model(arguments.model)
-    crops = np.stack([input_pipeline.load_image(sources[name], int(info["image_size"]), int(info["channels"]),
+    crops = np.stack([images.load_image(sources[name], int(info["image_size"]), int(info["channels"]),
                                                 equalize_histogram=bool(info.get("equalize_histogram", False)))
                       for name in common])
     direct = compute_metrics(true_index, np.asarray(model.predict(crops, verbose=0)).argmax(axis=1), model_classes)

@@ -1,4 +1,9 @@
-"""Emotion image classifier: the research pipeline (stages, models, evaluation, inference)."""
+"""Emotion image classifier: the research pipeline (stages, models, evaluation, inference).
+
+This file is the one place that sets environment variables: TensorFlow reads them once, when it
+is first imported, so they are set when the package is, before any of its modules imports
+TensorFlow. Every stage script, the demo and the benchmarks import the package first.
+"""
 
 import os
 import platform

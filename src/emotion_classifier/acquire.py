@@ -27,7 +27,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from emotion_classifier import archives, files
-from emotion_classifier.cli import PipelineError
+from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import Config
 
 logger = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ from typing import BinaryIO, Callable
 from tqdm import tqdm
 
 from emotion_classifier import files
-from emotion_classifier.cli import PipelineError
+from emotion_classifier.errors import PipelineError
 
 logger = logging.getLogger(__name__)
 

@@ -21,14 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-from emotion_classifier import files, model_io
-from emotion_classifier.cli import PipelineError
+from emotion_classifier import files, model_io, runs
+from emotion_classifier.errors import PipelineError
+from emotion_classifier.inference import predict
 
 logger = logging.getLogger(__name__)
 
-CALIBRATION_REPORT_NAME = "decision_calibration.json"
 OUTPUT_LAYER_NAME = "probabilities"
 METHODS = ("none", "prior_matching", "recall_floor")
+# Validation images per batch handed to the model.
+PREDICTION_BATCH_SIZE = 64
 
 
 def averaged_probabilities(log_probabilities: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -175,19 +177,15 @@ def calibrate_run(config, section_name: str, run_dir: Path, validation_rows, cla
     taken off first), so re-running with other settings replaces them, and "none" removes
     them. Returns the calibration report, or None when there is nothing to do.
     """
-    from emotion_classifier import evaluation
-    from emotion_classifier.training import BEST_MODEL_NAME
-
     model_config = getattr(config, section_name)
-    evaluation_config = getattr(config, evaluation.EVALUATION_SECTIONS[section_name])
+    evaluation_config = getattr(config, runs.EVALUATION_SECTIONS[section_name])
     method = model_config.decision_calibration
-    model_path = run_dir / BEST_MODEL_NAME
+    model_path = run_dir / runs.BEST_MODEL_NAME
     info = model_io.read_model_info(model_path)
     applied = np.asarray(info.get("decision_offsets", [0.0] * len(classes)), dtype=np.float64)
     wanted = {
         "method": method,
         "test_time_augmentation": evaluation_config.test_time_augmentation,
-        "crop_fraction": evaluation_config.crop_fraction,
         "validation_rows": int(len(validation_rows)),
         "split_manifest": files.file_digest(config.paths.split_manifest),
     }
@@ -204,38 +202,8 @@ def calibrate_run(config, section_name: str, run_dir: Path, validation_rows, cla
     model, _info = model_io.load_trained_model(model_path)
     report: dict = {"settings": wanted, "classes": list(classes)}
     if method in ("prior_matching", "recall_floor"):
-        class_prior = np.asarray(training_counts, dtype=np.float64)
-        print(f"calibrating decisions on {len(validation_rows)} validation images "
-              f"({evaluation_config.test_time_augmentation} views) ...")
-        probabilities, unreadable = evaluation.predict(
-            model, validation_rows, config.paths.images_root, info["image_size"], info["channels"],
-            evaluation_config.batch_size, face_margin=config.generator.face_margin,
-            test_time_augmentation=evaluation_config.test_time_augmentation,
-            crop_fraction=evaluation_config.crop_fraction, per_view=True,
-            equalize_histogram=bool(info.get("equalize_histogram", False)),
-        )
-        readable = ~np.isnan(probabilities).any(axis=(1, 2))
-        labels = validation_rows["class_index"].to_numpy()[readable]
-        # Outputs of the model without the offsets it already carries (up to a constant per view).
-        log_probabilities = np.log(np.clip(probabilities[readable], 1e-12, 1.0)) - applied
-        if method == "prior_matching":
-            offsets = fit_prior_matching(log_probabilities, labels, class_prior)
-        else:
-            offsets, reached = fit_recall_floor(log_probabilities, labels, model_config.decision_recall_floor)
-            report["recall_floor_reached"] = reached
-            if not reached:
-                logger.warning("decision calibration: no offsets give every class a validation recall of %s; "
-                               "kept those with the smallest shortfall", model_config.decision_recall_floor)
-        report.update({
-            "unreadable_files": len(unreadable),
-            "training_prior": {name: round(float(value), 4)
-                               for name, value in zip(classes, class_prior / class_prior.sum())},
-            "offsets": {name: round(float(value), 4) for name, value in zip(classes, offsets)},
-            "validation_before": decision_summary(averaged_probabilities(log_probabilities, 0.0), labels,
-                                                  classes, class_prior),
-            "validation_after": decision_summary(averaged_probabilities(log_probabilities, offsets), labels,
-                                                 classes, class_prior),
-        })
+        offsets = _fit_offsets(config, model_config, model, info, validation_rows, classes, training_counts,
+                               applied, wanted["test_time_augmentation"], report)
     else:
         offsets = np.zeros(len(classes))
         report["offsets"] = {name: 0.0 for name in classes}
@@ -246,7 +214,7 @@ def calibrate_run(config, section_name: str, run_dir: Path, validation_rows, cla
         # The record of the offsets goes in just before the model that carries them replaces
         # the old one: a later run subtracts exactly what the model holds.
         files.write_json(model_io.model_info_path(model_path), info)
-    files.write_json(run_dir / CALIBRATION_REPORT_NAME, report)
+    files.write_json(run_dir / runs.CALIBRATION_REPORT_NAME, report)
     if method != "none":
         before, after = report["validation_before"], report["validation_after"]
         print(f"calibrated {model_path}: offsets {report['offsets']}; validation accuracy "
@@ -255,3 +223,38 @@ def calibrate_run(config, section_name: str, run_dir: Path, validation_rows, cla
     else:
         print(f"{model_path}: decision offsets removed")
     return report
+
+
+def _fit_offsets(config, model_config, model, info: dict, validation_rows, classes: list[str],
+                 training_counts: np.ndarray, applied: np.ndarray, views: str, report: dict) -> np.ndarray:
+    """The offsets of ``model_config.decision_calibration``, fitted on the validation rows' views;
+    ``report`` receives the validation figures before and after."""
+    class_prior = np.asarray(training_counts, dtype=np.float64)
+    print(f"calibrating decisions on {len(validation_rows)} validation images ({views} views) ...")
+    probabilities, unreadable = predict(
+        model, validation_rows, config.paths.images_root, info["image_size"], info["channels"],
+        PREDICTION_BATCH_SIZE, face_margin=config.generator.face_margin, test_time_augmentation=views,
+        per_view=True, equalize_histogram=bool(info.get("equalize_histogram", False)),
+    )
+    readable = ~np.isnan(probabilities).any(axis=(1, 2))
+    labels = validation_rows["class_index"].to_numpy()[readable]
+    # Outputs of the model without the offsets it already carries (up to a constant per view).
+    log_probabilities = np.log(np.clip(probabilities[readable], 1e-12, 1.0)) - applied
+    if model_config.decision_calibration == "prior_matching":
+        offsets = fit_prior_matching(log_probabilities, labels, class_prior)
+    else:
+        offsets, reached = fit_recall_floor(log_probabilities, labels, model_config.decision_recall_floor)
+        report["recall_floor_reached"] = reached
+        if not reached:
+            logger.warning("decision calibration: no offsets give every class a validation recall of %s; "
+                           "kept those with the smallest shortfall", model_config.decision_recall_floor)
+    report.update({
+        "unreadable_files": len(unreadable),
+        "training_prior": {name: round(float(value), 4) for name, value in zip(classes, class_prior / class_prior.sum())},
+        "offsets": {name: round(float(value), 4) for name, value in zip(classes, offsets)},
+        "validation_before": decision_summary(averaged_probabilities(log_probabilities, 0.0), labels,
+                                              classes, class_prior),
+        "validation_after": decision_summary(averaged_probabilities(log_probabilities, offsets), labels,
+                                             classes, class_prior),
+    })
+    return offsets

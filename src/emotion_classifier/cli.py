@@ -13,12 +13,9 @@ from pathlib import Path
 from typing import Callable
 
 from emotion_classifier.config import Config, ConfigError, load_config
+from emotion_classifier.errors import PipelineError
 
 DEFAULT_CONFIG = Path("config") / "default.toml"
-
-
-class PipelineError(RuntimeError):
-    """A problem with the data or the environment that the user must fix; the message says how."""
 
 
 def build_parser(description: str, section: str) -> argparse.ArgumentParser:

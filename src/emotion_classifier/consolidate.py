@@ -25,7 +25,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from emotion_classifier import archives, files
-from emotion_classifier.cli import PipelineError
+from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import Config
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})

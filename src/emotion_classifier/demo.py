@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from emotion_classifier import faces, files, model_io, notebook, predict
-from emotion_classifier.cli import PipelineError
+from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import Config, PredictConfig
 
 LOGGER = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from typing import Iterator
 
 import keras
 
-from emotion_classifier.cli import PipelineError
+from emotion_classifier.errors import PipelineError
 
 logger = logging.getLogger(__name__)
 

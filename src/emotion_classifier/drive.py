@@ -41,7 +41,7 @@ import googleapiclient.http
 import httplib2
 from tqdm import tqdm
 
-from emotion_classifier.cli import PipelineError
+from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import GetDataConfig
 from emotion_classifier.files import atomic_path, file_digest, read_json, write_json
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from emotion_classifier import calibration, files, input_pipeline, model_io
-from emotion_classifier.cli import PipelineError
+from emotion_classifier import calibration, files, model_io, runs, split_files
+from emotion_classifier.errors import PipelineError
 
 ENSEMBLE_PRESET = "ensemble"
 # The layer that concatenates the members' features (Grad-CAM finds ensembles by it).
@@ -79,32 +79,22 @@ def _fingerprint(config, section_name: str, summaries: list[dict]) -> str:
     again (even with the same settings) changes it; a member's calibration, which the ensemble
     takes off, does not.
     """
-    from emotion_classifier import training
-
     settings = {
         "section": section_name,
         "ensemble_runs": list(getattr(config, section_name).ensemble_runs),
-        "member_summaries": [training.summary_without_calibration(summary) for summary in summaries],
+        "member_summaries": [runs.summary_without_calibration(summary) for summary in summaries],
         "split_manifest": files.file_digest(config.paths.split_manifest),
-        "classes": files.file_digest(Path(config.paths.processed) / input_pipeline.CLASSES_FILE_NAME),
+        "classes": files.file_digest(Path(config.paths.processed) / split_files.CLASSES_FILE_NAME),
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
-def build_run(config, section_name: str, classes: list[str], counts: np.ndarray, force: bool = False) -> Path:
-    """Build ``<section>.ensemble_runs`` into the run folder ``<paths.models>/<section>.run_name``.
-
-    Safe to re-run: an ensemble of the same members is kept (and only re-calibrated when the
-    calibration settings changed); one of other members is replaced only with ``force``.
-    Returns the run folder; the caller applies the decision calibration.
-    """
-    from emotion_classifier import training
-
+def _checked_members(config, section_name: str, classes: list[str]) -> list[tuple[Path, dict, dict]]:
+    """``(best model, model info, training summary)`` of each member, after checking that they
+    predict the split's classes from the same inputs."""
     model_config = getattr(config, section_name)
-    models_dir = Path(config.paths.models)
-    run_dir = models_dir / model_config.run_name
-    members = [training.finished_run_files(models_dir, name, f"{section_name}.ensemble_runs", section_name)
-               for name in model_config.ensemble_runs]
+    members = [runs.finished_run_files(Path(config.paths.models), name, f"{section_name}.ensemble_runs",
+                                       section_name) for name in model_config.ensemble_runs]
     for name, (path, info, _summary) in zip(model_config.ensemble_runs, members):
         if [str(value) for value in info["classes"]] != list(classes):
             raise PipelineError(f"{section_name}.ensemble_runs: {path} predicts classes {info['classes']}, "
@@ -114,21 +104,34 @@ def build_run(config, section_name: str, classes: list[str], counts: np.ndarray,
                 raise PipelineError(f"{section_name}.ensemble_runs: {key} differs between members "
                                     f"{model_config.ensemble_runs[0]} ({members[0][1].get(key, False)}) and "
                                     f"{name} ({info.get(key, False)})")
+    return members
+
+
+def build_run(config, section_name: str, classes: list[str], counts: np.ndarray, force: bool = False) -> Path:
+    """Build ``<section>.ensemble_runs`` into the run folder ``<paths.models>/<section>.run_name``.
+
+    Safe to re-run: an ensemble of the same members is kept (and only re-calibrated when the
+    calibration settings changed); one of other members is replaced only with ``force``.
+    Returns the run folder; the caller applies the decision calibration.
+    """
+    model_config = getattr(config, section_name)
+    run_dir = Path(config.paths.models) / model_config.run_name
+    members = _checked_members(config, section_name, classes)
     summaries = [summary for _path, _info, summary in members]
     fingerprint = _fingerprint(config, section_name, summaries)
 
-    model_path, summary_path = run_dir / training.BEST_MODEL_NAME, run_dir / training.SUMMARY_NAME
+    model_path, summary_path = run_dir / runs.BEST_MODEL_NAME, run_dir / runs.SUMMARY_NAME
     if summary_path.is_file() and model_path.is_file() and not force:
         if files.read_json(summary_path).get("fingerprint") == fingerprint:
             print(f"{run_dir} already holds this ensemble of {', '.join(model_config.ensemble_runs)}")
             return run_dir
         raise PipelineError(f"{run_dir} holds a different run or ensemble; use --force to replace it or set a "
                             f"new {section_name}.run_name")
-    if (run_dir / training.CHECKPOINT_DIR_NAME).exists() and not force:
+    if (run_dir / runs.CHECKPOINT_DIR_NAME).exists() and not force:
         raise PipelineError(f"{run_dir} holds an unfinished training run; use --force to replace it or set a new "
                             f"{section_name}.run_name")
     # Whatever an unfinished or replaced build left (a finished ensemble is only replaced with force).
-    training.clear_run_folder(run_dir)
+    runs.clear_run_folder(run_dir)
 
     print(f"building the ensemble {run_dir} of {', '.join(model_config.ensemble_runs)}")
     loaded = [model_io.load_trained_model(path) for path, _info, _summary in members]
@@ -138,7 +141,7 @@ def build_run(config, section_name: str, classes: list[str], counts: np.ndarray,
         name=model_config.run_name,
     )
     first_info = members[0][1]
-    training.write_run_description(
+    runs.write_run_description(
         config, run_dir, classes, int(first_info["image_size"]), int(first_info["channels"]),
         run_name=model_config.run_name, preset=ENSEMBLE_PRESET,
         equalize_histogram=bool(first_info.get("equalize_histogram", False)),
@@ -163,7 +166,7 @@ def build_run(config, section_name: str, classes: list[str], counts: np.ndarray,
         # Training time of the whole recipe: the members' and that of the runs they were
         # fine-tuned from (each counted once), one after another.
         "seconds": round(sum({name: seconds for summary in summaries
-                              for name, seconds in training.recipe_runs(summary).items()}.values()), 2),
+                              for name, seconds in runs.recipe_runs(summary).items()}.values()), 2),
         "parameters": int(model.count_params()),
         "classes": list(classes),
         "training_counts": [int(count) for count in counts],

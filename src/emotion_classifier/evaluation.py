@@ -18,22 +18,20 @@ would punish the model for the dataset's gaps. Predictions of such a class still
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import datetime
 import logging
-import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn import metrics as sklearn_metrics
-from tqdm import tqdm
 
-from emotion_classifier import files, labels, manifest, model_io
-from emotion_classifier.cli import PipelineError
+from emotion_classifier import files, labels, manifest, model_io, runs
 from emotion_classifier.config import Config, EvaluationConfig
+from emotion_classifier.errors import PipelineError
+from emotion_classifier.inference import predict
 
 LOGGER = logging.getLogger(__name__)
 
@@ -49,10 +47,8 @@ MANIFEST_SPLITS: tuple[str, ...] = ("test", "valid")
 # else (no split folders, or only train/) all of it. A dataset's training images are never
 # preferred because a model may have been trained on them.
 FOLDER_EVALUATION_SPLITS: tuple[str, ...] = ("test", "validation")
-# Images decoded in parallel threads (Pillow releases the interpreter lock while decoding).
-DECODE_THREADS = min(8, os.cpu_count() or 1)
-# The evaluation section of each training section (test-time augmentation, batch size).
-EVALUATION_SECTIONS = {"model_4": "model_evaluation_4", "model_6": "model_evaluation_6"}
+# Images per batch handed to the model.
+BATCH_SIZE = 64
 
 
 @dataclasses.dataclass
@@ -81,16 +77,16 @@ class ClassMatch:
 
 
 def resolve_model_path(config: Config, section: str, model_section: str) -> Path:
-    """``[section] model``; when empty, the best model of the ``model_section`` training run,
-    or the shipped model when that run does not exist (so a dataset can be scored out of the box)."""
+    """``[section] model``; when empty, the best model of the ``model_section`` training run, or
+    when that run does not exist the default model (runs.default_model_path), so that a dataset
+    can be scored out of the box."""
     evaluation_config: EvaluationConfig = getattr(config, section)
     if evaluation_config.model:
         return Path(evaluation_config.model)
-    run_model = config.paths.models / getattr(config, model_section).run_name / "best.keras"
-    if not run_model.is_file() and model_io.SHIPPED_MODEL_PATH.is_file():
-        LOGGER.info("no %s run at %s: evaluating the shipped model %s", model_section, run_model,
-                    model_io.SHIPPED_MODEL_PATH)
-        return model_io.SHIPPED_MODEL_PATH
+    run_model = runs.best_model_path(config, model_section)
+    if not run_model.is_file():
+        LOGGER.info("no %s run at %s: evaluating the default model", model_section, run_model)
+        return runs.default_model_path(config)
     return run_model
 
 
@@ -145,114 +141,6 @@ def match_classes(rows: pd.DataFrame, model_classes: list[str]) -> ClassMatch:
         excluded_per_class={str(name): int(count) for name, count in sorted(excluded.items())},
         model_classes_absent_from_data=[name for name in model_classes if name not in present],
     )
-
-
-def _face_box(row) -> tuple[float, float, float, float] | None:
-    box = tuple(float(row[column]) for column in manifest.FACE_BOX_COLUMNS)
-    if all(np.isfinite(box)) and box[2] > 0 and box[3] > 0:
-        return box
-    return None
-
-
-def test_time_views(images: np.ndarray, mode: str, crop_fraction: float = 0.9) -> list[np.ndarray]:
-    """The views of a batch that test-time augmentation averages over.
-
-    ``mode`` is "none" (the batch itself), "flip" (the batch and its mirror images) or
-    "flip_crops" (those, plus the four corner crops and the centre crop covering
-    ``crop_fraction`` of each side, resized back to the input size, each with its mirror).
-    Mirroring is the augmentation that face models are trained with and never changes the
-    expression; small crops mimic the translation and zoom augmentation.
-    """
-    if mode == "none":
-        return [images]
-    if mode not in ("flip", "flip_crops"):
-        raise ValueError(f"unknown test-time augmentation {mode!r}: use none, flip or flip_crops")
-    views = [images]
-    if mode == "flip_crops":
-        if not 0.5 <= crop_fraction < 1.0:
-            raise ValueError(f"crop_fraction must be in [0.5, 1), got {crop_fraction}")
-        height, width = images.shape[1:3]
-        crop_height, crop_width = int(round(height * crop_fraction)), int(round(width * crop_fraction))
-        offsets = [(0, 0), (0, width - crop_width), (height - crop_height, 0),
-                   (height - crop_height, width - crop_width),
-                   ((height - crop_height) // 2, (width - crop_width) // 2)]
-        for top, left in offsets:
-            crop = images[:, top:top + crop_height, left:left + crop_width, :]
-            resized = bilinear_resize(crop.astype(np.float32), height, width)
-            views.append(np.clip(resized, 0.0, 255.0).astype(images.dtype))
-    return views + [view[:, :, ::-1, :] for view in views]
-
-
-def _bilinear_weights(source: int, target: int) -> np.ndarray:
-    """``(target, source)`` sampling matrix of bilinear resizing with half-pixel centres."""
-    positions = np.clip((np.arange(target) + 0.5) * (source / target) - 0.5, 0.0, source - 1)
-    lower = np.floor(positions).astype(np.int64)
-    upper = np.minimum(lower + 1, source - 1)
-    fraction = (positions - lower).astype(np.float32)
-    weights = np.zeros((target, source), dtype=np.float32)
-    np.add.at(weights, (np.arange(target), lower), 1.0 - fraction)
-    np.add.at(weights, (np.arange(target), upper), fraction)
-    return weights
-
-
-def bilinear_resize(images: np.ndarray, height: int, width: int) -> np.ndarray:
-    """A batch ``(n, h, w, c)`` resized as ``keras.ops.image.resize(..., "bilinear")`` resizes it
-    (half-pixel centres, no antialiasing), in numpy: prediction with a TFLite model uses test-time
-    views without importing TensorFlow."""
-    rows = _bilinear_weights(images.shape[1], height)
-    columns = _bilinear_weights(images.shape[2], width)
-    return np.einsum("ij,njkc,lk->nilc", rows, images, columns, optimize=True).astype(np.float32)
-
-
-def predict(model, rows: pd.DataFrame, images_root: Path, image_size: int, channels: int,
-            batch_size: int, face_margin: float = 0.0, test_time_augmentation: str = "none",
-            crop_fraction: float = 0.9, per_view: bool = False,
-            equalize_histogram: bool = False) -> tuple[np.ndarray, list[dict[str, str]]]:
-    """Class probabilities for every row, in order, decoding one batch at a time.
-
-    Memory stays at one batch of images however large the set. Returns the probabilities
-    (NaN for images that could not be read) and the list of unreadable files with their error.
-    With test-time augmentation, each image's probabilities are the mean over its views;
-    ``per_view`` keeps them apart instead: ``(rows, views, classes)``. ``equalize_histogram``
-    as the model was trained (model_info.json).
-    """
-    from emotion_classifier import input_pipeline
-
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-
-    def load(row) -> np.ndarray | Exception:
-        try:
-            return input_pipeline.load_image(images_root / row["filename"], image_size, channels,
-                                             box=_face_box(row), margin=face_margin,
-                                             equalize_histogram=equalize_histogram)
-        except Exception as error:  # noqa: BLE001 - any decoder failure is reported per file
-            return error
-
-    output_count = int(model.output_shape[-1])
-    view_count = len(test_time_views(np.zeros((1, 8, 8, 1), dtype="float32"), test_time_augmentation, crop_fraction))
-    shape = (len(rows), view_count, output_count) if per_view else (len(rows), output_count)
-    probabilities = np.full(shape, np.nan, dtype=np.float64)
-    unreadable: list[dict[str, str]] = []
-    records = rows.to_dict("records")
-    with concurrent.futures.ThreadPoolExecutor(max_workers=DECODE_THREADS) as executor, \
-            tqdm(total=len(records), desc="evaluating", unit="image") as progress:
-        for start in range(0, len(records), batch_size):
-            batch = records[start:start + batch_size]
-            positions, images = [], []
-            for offset, result in enumerate(executor.map(load, batch)):
-                if isinstance(result, Exception):
-                    unreadable.append({"filename": batch[offset]["filename"],
-                                       "error": f"{type(result).__name__}: {result}"})
-                else:
-                    positions.append(start + offset)
-                    images.append(result)
-            if images:
-                views = test_time_views(np.stack(images), test_time_augmentation, crop_fraction)
-                view_probabilities = np.stack([np.asarray(model.predict_on_batch(view)) for view in views], axis=1)
-                probabilities[positions] = view_probabilities if per_view else view_probabilities.mean(axis=1)
-            progress.update(len(batch))
-    return probabilities, unreadable
 
 
 def compute_metrics(true_index: np.ndarray, predicted_index: np.ndarray, class_names: list[str]) -> dict:
@@ -397,6 +285,48 @@ def print_summary(report: dict) -> None:
         print(f"dataset files not used: {report['rejected_files']}")
 
 
+def _report(name: str, model_path: Path, info: dict, evaluation_config: EvaluationConfig, data: EvaluationData,
+            match: ClassMatch, readable: np.ndarray, predicted_index: np.ndarray, unreadable: list) -> dict:
+    """The evaluation report (evaluation.json): the scores of the readable images, and what was left out."""
+    class_names = [str(name) for name in info["classes"]]
+    scores = compute_metrics(match.rows["true_index"].to_numpy()[readable], predicted_index, class_names)
+    return {
+        "name": name,
+        "model": str(model_path),
+        "model_classes": class_names,
+        "image_size": int(info["image_size"]),
+        "channels": int(info["channels"]),
+        "equalize_histogram": bool(info.get("equalize_histogram", False)),
+        "dataset": evaluation_config.dataset,
+        "dataset_description": data.description,
+        "images": int(readable.sum()),
+        "test_time_augmentation": evaluation_config.test_time_augmentation,
+        "metrics": {key: scores[key] for key in
+                    ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "cohen_kappa")},
+        "per_class": scores["per_class"],
+        "confusion_matrix": {"rows": "true class", "columns": "predicted class",
+                             "classes": class_names, "counts": scores["confusion_matrix"]},
+        "classification_report": scores["classification_report"],
+        "excluded_per_class": match.excluded_per_class,
+        "model_classes_absent_from_data": match.model_classes_absent_from_data,
+        "unreadable_images": unreadable,
+        "rejected_files": data.rejected,
+        "evaluated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _write_predictions(path: Path, rows: pd.DataFrame, probabilities: np.ndarray, class_names: list[str]) -> None:
+    """predictions.csv: one row per evaluated image, its true and predicted class and every probability."""
+    predictions = pd.DataFrame({
+        "filename": rows["filename"].to_numpy(),
+        "true": rows["label"].to_numpy(),
+        "predicted": [class_names[index] for index in probabilities.argmax(axis=1)],
+    })
+    for index, class_name in enumerate(class_names):
+        predictions[PROBABILITY_PREFIX + class_name] = probabilities[:, index]
+    files.save_csv(path, predictions)
+
+
 def run(config: Config, force: bool = False, section: str = "model_evaluation_4",
         model_section: str = "model_4") -> int:
     """Evaluate one model on one dataset and write its report; rebuild the comparison table."""
@@ -432,54 +362,19 @@ def run(config: Config, force: bool = False, section: str = "model_evaluation_4"
     model, _ = model_io.load_trained_model(model_path)
     probabilities, unreadable = predict(
         model, match.rows, data.images_root, int(info["image_size"]), int(info["channels"]),
-        evaluation_config.batch_size, face_margin=config.generator.face_margin,
+        BATCH_SIZE, face_margin=config.generator.face_margin,
         test_time_augmentation=evaluation_config.test_time_augmentation,
-        crop_fraction=evaluation_config.crop_fraction,
         equalize_histogram=bool(info.get("equalize_histogram", False)),
     )
     readable = ~np.isnan(probabilities).any(axis=1)
     if not readable.any():
         raise PipelineError(f"none of the {len(match.rows)} images in {data.description} could be read")
-    true_index = match.rows["true_index"].to_numpy()[readable]
-    predicted_index = probabilities[readable].argmax(axis=1)
-    scores = compute_metrics(true_index, predicted_index, class_names)
-
-    report = {
-        "name": name,
-        "model": str(model_path),
-        "model_classes": class_names,
-        "image_size": int(info["image_size"]),
-        "channels": int(info["channels"]),
-        "equalize_histogram": bool(info.get("equalize_histogram", False)),
-        "dataset": evaluation_config.dataset,
-        "dataset_description": data.description,
-        "images": int(readable.sum()),
-        "test_time_augmentation": evaluation_config.test_time_augmentation,
-        "metrics": {key: scores[key] for key in
-                    ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "cohen_kappa")},
-        "per_class": scores["per_class"],
-        "confusion_matrix": {"rows": "true class", "columns": "predicted class",
-                             "classes": class_names, "counts": scores["confusion_matrix"]},
-        "classification_report": scores["classification_report"],
-        "excluded_per_class": match.excluded_per_class,
-        "model_classes_absent_from_data": match.model_classes_absent_from_data,
-        "unreadable_images": unreadable,
-        "rejected_files": data.rejected,
-        "evaluated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-    kept = match.rows[readable]
-    predictions = pd.DataFrame({
-        "filename": kept["filename"].to_numpy(),
-        "true": kept["label"].to_numpy(),
-        "predicted": [class_names[index] for index in predicted_index],
-    })
-    for index, class_name in enumerate(class_names):
-        predictions[PROBABILITY_PREFIX + class_name] = probabilities[readable, index]
-    files.save_csv(report_dir / PREDICTIONS_NAME, predictions)
+    report = _report(name, model_path, info, evaluation_config, data, match, readable,
+                     probabilities[readable].argmax(axis=1), unreadable)
+    _write_predictions(report_dir / PREDICTIONS_NAME, match.rows[readable], probabilities[readable], class_names)
     files.save_figure(
         report_dir / CONFUSION_NAME,
-        plot_confusion_matrix(np.asarray(scores["confusion_matrix"]), class_names,
+        plot_confusion_matrix(np.asarray(report["confusion_matrix"]["counts"]), class_names,
                               f"{name} on {data.description} ({report['images']} images)"),
     )
     files.write_json(report_dir / EVALUATION_NAME, report)
@@ -490,12 +385,11 @@ def run(config: Config, force: bool = False, section: str = "model_evaluation_4"
     return 0
 
 
-
 def run_model_evaluation_4(config: Config, force: bool = False) -> int:
     """The ``model_evaluation_4.py`` stage: evaluate model_4's run (or ``[model_evaluation_4] model``)."""
-    return run(config, force, section=EVALUATION_SECTIONS["model_4"], model_section="model_4")
+    return run(config, force, section=runs.EVALUATION_SECTIONS["model_4"], model_section="model_4")
 
 
 def run_model_evaluation_6(config: Config, force: bool = False) -> int:
     """The ``model_evaluation_6.py`` stage: evaluate model_6's run (or ``[model_evaluation_6] model``)."""
-    return run(config, force, section=EVALUATION_SECTIONS["model_6"], model_section="model_6")
+    return run(config, force, section=runs.EVALUATION_SECTIONS["model_6"], model_section="model_6")

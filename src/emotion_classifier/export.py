@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from emotion_classifier import cli, files, model_io, models
-from emotion_classifier.cli import PipelineError
+from emotion_classifier import cli, files, host_batches, model_io, models, split_files
+from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import Config
+from emotion_classifier.images import load_image
 
 LOGGER = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ def _folder_size(folder: Path) -> int:
 def folder_images(folder: str | Path, image_size: int, channels: int, count: int, verification_count: int,
                   seed: int, equalize_histogram: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Calibration and verification images from a folder: a shuffled, disjoint draw of whole images."""
-    from emotion_classifier import faces, input_pipeline
+    from emotion_classifier import faces
 
     paths = faces.find_photos(folder)
     if len(paths) < 2:
@@ -203,10 +204,10 @@ def folder_images(folder: str | Path, image_size: int, channels: int, count: int
     # With few images, calibration gets what the verification set leaves, but at least half.
     calibration_count = min(count, max(len(paths) - verification_count, len(paths) // 2))
     chosen = [paths[index] for index in order]
-    calibration = [input_pipeline.load_image(path, image_size, channels, equalize_histogram=equalize_histogram)
+    calibration = [load_image(path, image_size, channels, equalize_histogram=equalize_histogram)
                    for path in chosen[:calibration_count]]
     verification = [
-        input_pipeline.load_image(path, image_size, channels, equalize_histogram=equalize_histogram)
+        load_image(path, image_size, channels, equalize_histogram=equalize_histogram)
         for path in chosen[calibration_count:calibration_count + verification_count]
     ]
     return np.stack(calibration), np.stack(verification)
@@ -215,14 +216,12 @@ def folder_images(folder: str | Path, image_size: int, channels: int, count: int
 def split_images(config: Config, image_size: int, channels: int, count: int, verification_count: int,
                  seed: int, equalize_histogram: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Calibration images from the training split and verification images from the validation split."""
-    from emotion_classifier import input_pipeline
-
-    frame, _ = input_pipeline.read_split(config)
+    frame, _ = split_files.read_split(config)
     samples = []
     for split, wanted in (("train", count), ("valid", verification_count)):
-        rows = input_pipeline.split_rows(frame, split, config.paths.split_manifest)
+        rows = split_files.split_rows(frame, split, config.paths.split_manifest)
         rows = rows.sample(n=min(wanted, len(rows)), random_state=seed).reset_index(drop=True)
-        images, _ = input_pipeline.load_arrays(rows, config.paths.images_root, image_size, channels,
+        images, _ = host_batches.load_arrays(rows, config.paths.images_root, image_size, channels,
                                                config.generator.face_margin, skip_unreadable=True,
                                                equalize_histogram=equalize_histogram)
         samples.append(images)

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from emotion_classifier import equalization
-from emotion_classifier.cli import PipelineError
+from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import PredictConfig
 
 # Suffixes ``find_photos`` picks up; Pillow reads all of them.

@@ -9,7 +9,7 @@ the uint8 pixels takes the decoder out of the training loop entirely:
   boxes), the image size, channels and face margin, so a changed split or size decodes afresh
   and an unchanged one loads in a second;
 - batches are sliced from the uint8 arrays and converted to float32 one batch at a time;
-- training batches are augmented on the host with OpenCV (``FaceAugmentation``: flip, rotation,
+- training batches are augmented on the host with OpenCV (``augmentation.FaceAugmentation``: flip, rotation,
   zoom, translation, contrast, random erasing; the settings of ``[generator]``) in worker
   threads, a few microseconds per 48x48 face. Keras' own augmentation layers are not used here:
   on the JAX backend their affine transforms (``map_coordinates``) made a GPU epoch of FER2013
@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from emotion_classifier import files, input_pipeline
+from emotion_classifier import files
+from emotion_classifier.augmentation import FaceAugmentation
+from emotion_classifier.host_batches import ShuffledBatches, load_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +51,8 @@ def rows_key(frame: pd.DataFrame, images_root: str | Path, image_size: int, chan
         "image_size": int(image_size),
         "channels": int(channels),
         "face_margin": float(face_margin),
+        "equalize_histogram": bool(equalize_histogram),
     }
-    if equalize_histogram:
-        # Only when on, so that the caches written before the setting existed stay valid.
-        settings["equalize_histogram"] = True
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -75,7 +75,7 @@ def split_arrays(frame: pd.DataFrame, split_name: str, images_root: str | Path, 
         if len(images) == len(labels) == info.get("images"):
             return images, labels, int(info.get("left_out", 0))
         logger.warning("%s does not match its arrays; decoding %s again", info_path, split_name)
-    images, labels = input_pipeline.load_arrays(
+    images, labels = load_arrays(
         frame, images_root, image_size, channels, face_margin, skip_unreadable=True, dtype="uint8",
         equalize_histogram=equalize_histogram,
     )
@@ -93,69 +93,7 @@ def split_arrays(frame: pd.DataFrame, split_name: str, images_root: str | Path, 
     return images, labels, left_out
 
 
-class FaceAugmentation:
-    """Random geometric and photometric changes of face crops, on the host, per image.
-
-    The same settings as the tf.data path's ``input_pipeline.BatchAugmentation`` (``[generator]``), drawn
-    and applied the same way: horizontal flip,
-    rotation of up to ``rotation_degrees``, zoom of up to ``zoom`` (a fraction, in or out),
-    translation of up to ``translation`` of the size, contrast factor in ``1 +- contrast``, and
-    with probability ``random_erasing`` a rectangle of 2-33% of the area filled with noise
-    (Zhong et al. 2020). Borders are filled by reflection.
-    """
-
-    def __init__(self, generator_config):
-        self.flip = bool(generator_config.flip)
-        self.rotation_degrees = float(generator_config.rotation_degrees)
-        self.zoom = float(generator_config.zoom)
-        self.translation = float(generator_config.translation)
-        self.contrast = float(generator_config.contrast)
-        self.random_erasing = float(generator_config.random_erasing)
-
-    @classmethod
-    def from_config(cls, generator_config) -> FaceAugmentation | None:
-        """The augmentation of ``[generator]``, or None when ``augment`` is off."""
-        return cls(generator_config) if generator_config.augment else None
-
-    def __call__(self, images: np.ndarray, random: np.random.Generator) -> np.ndarray:
-        """Augmented float32 copies of a batch ``(batch, height, width, channels)`` of pixels in
-        [0, 255] (uint8 from memory, float32 from ImageBatches)."""
-        import cv2
-
-        batch, height, width, channels = images.shape
-        output = np.empty(images.shape, dtype="float32")
-        for index in range(batch):
-            image = images[index].astype("float32")
-            if self.flip and random.random() < 0.5:
-                image = image[:, ::-1]
-            if self.rotation_degrees or self.zoom or self.translation:
-                angle = random.uniform(-self.rotation_degrees, self.rotation_degrees)
-                scale = 1.0 + random.uniform(-self.zoom, self.zoom)
-                matrix = cv2.getRotationMatrix2D((width / 2 - 0.5, height / 2 - 0.5), angle, scale)
-                matrix[0, 2] += random.uniform(-self.translation, self.translation) * width
-                matrix[1, 2] += random.uniform(-self.translation, self.translation) * height
-                image = cv2.warpAffine(np.ascontiguousarray(image), matrix, (width, height),
-                                       flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-                image = image.reshape(height, width, channels)
-            if self.contrast:
-                factor = 1.0 + random.uniform(-self.contrast, self.contrast)
-                mean = image.mean(axis=(0, 1), keepdims=True)
-                image = (image - mean) * factor + mean
-            if self.random_erasing and random.random() < self.random_erasing:
-                area = random.uniform(0.02, 0.33) * height * width
-                aspect = np.exp(random.uniform(np.log(0.3), np.log(3.3)))
-                box_height = int(min(height, round(np.sqrt(area * aspect))))
-                box_width = int(min(width, round(np.sqrt(area / aspect))))
-                top = random.integers(0, height - box_height + 1)
-                left = random.integers(0, width - box_width + 1)
-                image = np.array(image)
-                image[top:top + box_height, left:left + box_width] = random.uniform(
-                    0, 255, size=(box_height, box_width, channels))
-            output[index] = np.clip(image, 0.0, 255.0)
-        return output
-
-
-class ArrayBatches(input_pipeline.ShuffledBatches):
+class ArrayBatches(ShuffledBatches):
     """float32 batches sliced from uint8 images in memory; training batches reshuffled each epoch.
 
     ``augmentation`` (training only) changes each image on the host; ``workers`` threads prepare

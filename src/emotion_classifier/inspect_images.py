@@ -22,7 +22,7 @@ from PIL import Image
 
 from emotion_classifier import files, manifest
 from emotion_classifier.classes import CANONICAL_CLASSES
-from emotion_classifier.cli import PipelineError
+from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import Config
 
 

@@ -33,7 +33,7 @@ import pandas as pd
 
 from emotion_classifier import files, image_checks, manifest
 from emotion_classifier.classes import AFFECTNET_CODE_TO_CLASS, CANONICAL_CLASSES, canonical_class
-from emotion_classifier.cli import PipelineError
+from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import Config
 
 AFFECTNET_CSV_COLUMNS: tuple[str, ...] = (

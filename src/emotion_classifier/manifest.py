@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from emotion_classifier.cli import PipelineError
+from emotion_classifier.errors import PipelineError
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "filename",

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import keras
 
-from emotion_classifier.cli import PipelineError
+from emotion_classifier.errors import PipelineError
 
 logger = logging.getLogger(__name__)
 
@@ -235,9 +235,9 @@ def build_model_6(
 def build_model(section_name: str, model_config, num_classes: int) -> keras.Model:
     """Build the model of a configuration section ("model_4" or "model_6")."""
     if not isinstance(model_config.resize_in_model, bool):
-        # "auto" depends on the training images' size: training.resolve_resize_in_model decides it.
+        # "auto" depends on the training images' size: inputs.resolve_resize_in_model decides it.
         raise ValueError(f"{section_name}.resize_in_model is {model_config.resize_in_model!r}; "
-                         "resolve it against the training rows first (training.resolve_resize_in_model)")
+                         "resolve it against the training rows first (inputs.resolve_resize_in_model)")
     input_shape = (model_config.image_size, model_config.image_size, model_config.channels)
     if section_name == "model_4" and model_config.architecture == "vgg":
         return build_vgg(

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from emotion_classifier import files
-from emotion_classifier.cli import PipelineError
+from emotion_classifier.errors import PipelineError
 
 PARAMETERS_TAG = "parameters"
 INJECTED_TAG = "injected-parameters"

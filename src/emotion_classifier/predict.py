@@ -39,8 +39,8 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from tqdm import tqdm
 
-from emotion_classifier import cli, evaluation, faces, files, model_io
-from emotion_classifier.cli import PipelineError
+from emotion_classifier import cli, faces, files, images, model_io
+from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import Config, PredictConfig
 
 LOGGER = logging.getLogger(__name__)
@@ -342,7 +342,7 @@ def _classify(results: list[PhotoResult], classifier: FaceClassifier, batch_size
         return
 
     def classify(faces_batch: np.ndarray) -> np.ndarray:
-        view_batches = evaluation.test_time_views(faces_batch, *views)
+        view_batches = images.test_time_views(faces_batch, *views)
         # All views in one call: (views x faces) images, then the mean over the views.
         probabilities = classifier.probabilities(np.concatenate(view_batches))
         return probabilities.reshape(len(view_batches), len(faces_batch), -1).mean(axis=0)

@@ -26,7 +26,7 @@ import pandas as pd
 
 from emotion_classifier import files, labels, manifest
 from emotion_classifier.classes import CANONICAL_CLASSES, canonical_class
-from emotion_classifier.cli import PipelineError
+from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import Config
 
 LOGGER = logging.getLogger(__name__)

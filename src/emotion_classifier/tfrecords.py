@@ -11,7 +11,7 @@ Layout: ``<tfrecord_dir>/<split>_<size>x<size>x<channels>/shard-00000-of-00012.t
 Shards are rewritten only when the rows, the size, the channels or the face margin change.
 
 Each record holds ``image`` (the raw ``size * size * channels`` bytes) and ``label`` (the class
-index). Pixels come from the host path (``input_pipeline.load_image``) rounded to uint8, so
+index). Pixels come from the host path (``images.load_image``) rounded to uint8, so
 a shard holds what the file path would feed the model, to within half a grey level.
 
 Storage: a raw image takes ``size * size * channels`` bytes (37 KB at 112x112x3, 196 KB at
@@ -32,14 +32,20 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from emotion_classifier import files, input_pipeline
-from emotion_classifier.cli import PipelineError
+from emotion_classifier import files, split_files
+from emotion_classifier.augmentation import build_augmentation
+from emotion_classifier.errors import PipelineError
+from emotion_classifier.images import load_image
 
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = "index.json"
 SHARD_PATTERN = "shard-*.tfrecord"
 FORMAT_VERSION = 1
+# Images per shard: enough shards for parallel interleaved reads, few enough to keep files large.
+SHARD_IMAGES = 2000
+# Images held for shuffling when training reads shards (after interleaving 8 shards).
+SHUFFLE_BUFFER = 10_000
 
 
 def shard_folder(config, model_config, split: str) -> Path:
@@ -54,10 +60,8 @@ def shard_folder(config, model_config, split: str) -> Path:
 def rows_fingerprint(frame: pd.DataFrame, image_size: int, channels: int, face_margin: float,
                      equalize_histogram: bool = False) -> str:
     """A digest of what the shards hold: every row's file, label and face box, and the sizes."""
-    # "|equalized" only when on, so that shards written before the setting existed stay valid.
-    equalized = "|equalized" if equalize_histogram else ""
-    digest = hashlib.sha256(f"v{FORMAT_VERSION}|{image_size}|{channels}|{face_margin!r}{equalized}\n".encode())
-    boxes = input_pipeline._face_boxes(frame)
+    digest = hashlib.sha256(f"v{FORMAT_VERSION}|{image_size}|{channels}|{face_margin!r}|{equalize_histogram}\n".encode())
+    boxes = split_files.face_boxes(frame)
     digest.update("\n".join(frame["filename"].astype(str)).encode())
     digest.update(frame["class_index"].to_numpy(dtype="int64").tobytes())
     digest.update(boxes.tobytes())
@@ -98,8 +102,8 @@ def write_shards(frame: pd.DataFrame, images_root: str | Path, destination: str 
     for stale in list(destination.glob(SHARD_PATTERN)) + [destination / INDEX_NAME]:
         stale.unlink(missing_ok=True)
 
-    paths = input_pipeline._image_paths(frame, images_root)
-    boxes = input_pipeline._face_boxes(frame)
+    paths = split_files.image_paths(frame, images_root)
+    boxes = split_files.face_boxes(frame)
     labels = frame["class_index"].to_numpy(dtype="int64")
     order = np.random.default_rng(seed).permutation(len(frame))
     shard_count = max(1, math.ceil(len(frame) / shard_images))
@@ -115,8 +119,7 @@ def write_shards(frame: pd.DataFrame, images_root: str | Path, destination: str 
                 for row in shard_rows[shard_index]:
                     box = boxes[row] if boxes[row, 2] > 0 else None
                     try:
-                        image = input_pipeline.load_image(paths[row], image_size, channels, box, face_margin,
-                                                          equalize_histogram)
+                        image = load_image(paths[row], image_size, channels, box, face_margin, equalize_histogram)
                     except (OSError, ValueError, Image.DecompressionBombError) as error:
                         logger.warning("leaving unreadable image %s out of the shards: %s", paths[row], error)
                         unreadable.append(str(paths[row]))
@@ -165,7 +168,7 @@ def ensure_shards(config, model_config, frame: pd.DataFrame, split: str, progres
     print(f"writing {split} images as TFRecord shards in {folder}")
     index = write_shards(
         frame, config.paths.images_root, folder, model_config.image_size, model_config.channels,
-        generator.face_margin, generator.tfrecord_shard_images, generator.tfrecord_workers,
+        generator.face_margin, SHARD_IMAGES, 0,
         seed=generator.seed, progress=progress, equalize_histogram=model_config.equalize_histogram,
     )
     return folder, index
@@ -178,7 +181,7 @@ def make_dataset(folder: str | Path, batch_size: int, training: bool, generator_
     Training: the shard order is reshuffled every epoch, several shards are read at once
     (interleaved) and records are shuffled in a buffer. Records are parsed a batch at a time
     (one vectorised ``parse_example`` per batch instead of one call per image).
-    ``drop_remainder`` leaves out each pass's last, partial batch (as in ``input_pipeline``).
+    ``drop_remainder`` leaves out each pass's last, partial batch (as in ``tf_dataset.make_dataset``).
     """
     import tensorflow as tf
 
@@ -189,7 +192,6 @@ def make_dataset(folder: str | Path, batch_size: int, training: bool, generator_
     index = files.read_json(index_path)
     image_size, channels = int(index["image_size"]), int(index["channels"])
     shard_paths = [str(folder / shard["file"]) for shard in index["shards"]]
-    parallel_calls = generator_config.parallel_calls or tf.data.AUTOTUNE
 
     dataset = tf.data.Dataset.from_tensor_slices(shard_paths)
     if training:
@@ -198,14 +200,13 @@ def make_dataset(folder: str | Path, batch_size: int, training: bool, generator_
     dataset = dataset.interleave(
         tf.data.TFRecordDataset,
         cycle_length=cycle_length,
-        # tf.data refuses more parallel reads than shards read at once.
-        num_parallel_calls=min(parallel_calls, cycle_length) if parallel_calls != tf.data.AUTOTUNE else parallel_calls,
+        num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=not training,
     )
     if generator_config.cache:
         dataset = dataset.cache()
     if training:
-        buffer = max(1, min(generator_config.shuffle_buffer, int(index["images"])))
+        buffer = max(1, min(SHUFFLE_BUFFER, int(index["images"])))
         dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     features = {
@@ -219,12 +220,12 @@ def make_dataset(folder: str | Path, batch_size: int, training: bool, generator_
         images = tf.reshape(pixels, [-1, image_size, image_size, channels])
         return tf.cast(images, tf.float32), tf.cast(parsed["label"], tf.int32)
 
-    dataset = dataset.map(parse_batch, num_parallel_calls=parallel_calls)
-    augmentation = input_pipeline.build_augmentation(generator_config, seed) if training else None
+    dataset = dataset.map(parse_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    augmentation = build_augmentation(generator_config, seed) if training else None
     if augmentation is not None:
         dataset = dataset.map(
             lambda images, labels: (tf.clip_by_value(augmentation(images, training=True), 0.0, 255.0), labels),
-            num_parallel_calls=parallel_calls,
+            num_parallel_calls=tf.data.AUTOTUNE,
         )
     return dataset.prefetch(tf.data.AUTOTUNE)
 
