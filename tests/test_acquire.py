@@ -126,7 +126,8 @@ def test_drive_branch_extracts_downloads_and_reports_failures(tmp_path, monkeypa
             payload = b"sad y"
             info.size = len(payload)
             archive.addfile(info, io.BytesIO(payload))
-        return types.SimpleNamespace(files=[destination / "fer.tar.gz"], failures=[("broken.zip", "md5 mismatch")])
+        return types.SimpleNamespace(files=[destination / "fer.tar.gz"], fetched=[destination / "fer.tar.gz"],
+                                     failures=[("broken.zip", "md5 mismatch")])
 
     fake_drive = types.ModuleType("emotion_classifier.drive")
     fake_drive.download = download

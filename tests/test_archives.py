@@ -213,7 +213,7 @@ def test_marker_skips_a_second_extraction(tmp_path, monkeypatch):
     def must_not_open(plan):
         raise AssertionError("the archive was opened again")
 
-    monkeypatch.setattr(archives, "_open_reader", must_not_open)
+    monkeypatch.setattr(archives, "open_reader", must_not_open)
     assert archives.extract_archive(archive, destination) == destination
     assert (destination / archives.MARKER_NAME).stat().st_mtime_ns == marker_time
     # A changed archive is extracted again.
@@ -229,11 +229,11 @@ def test_interrupted_extraction_leaves_no_destination(tmp_path, monkeypatch):
     original = archives._write_member
     calls = []
 
-    def fail_on_second(reader, member, target):
+    def fail_on_second(reader, member, target, budget):
         calls.append(member.name)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        original(reader, member, target)
+        original(reader, member, target, budget)
 
     monkeypatch.setattr(archives, "_write_member", fail_on_second)
     with pytest.raises(KeyboardInterrupt):

@@ -24,7 +24,7 @@ import httplib2
 import pytest
 
 from drive_server import FakeDriveServer
-from emotion_classifier import drive
+from emotion_classifier import drive, drive_auth, drive_listing
 from emotion_classifier.cli import PipelineError
 from emotion_classifier.config import GetDataConfig
 
@@ -104,7 +104,7 @@ def test_docs_files_unsafe_names_duplicates_and_shortcuts(server, tmp_path):
     server.add_file("dup.tar.gz", b"first", parent=root)
     second = server.add_file("dup.tar.gz", b"second", parent=root)
     target = server.add_file("real-name.zip", b"target content", parent=elsewhere)
-    server.add_file("link.zip", None, parent=root, mime_type=drive.SHORTCUT_MIME_TYPE, shortcut_target=target)
+    server.add_file("link.zip", None, parent=root, mime_type=drive_listing.SHORTCUT_MIME_TYPE, shortcut_target=target)
 
     result = run_download(server, tmp_path, drive_folder_id=root)
 
@@ -208,7 +208,7 @@ def test_killed_process_leaves_a_partial_file_that_the_next_run_continues(server
     server.stall(file_id, after_byte=3000)
     script = textwrap.dedent(f"""
         import google.oauth2.credentials
-        from emotion_classifier import drive
+        from emotion_classifier import drive, drive_auth, drive_listing
         from emotion_classifier.config import GetDataConfig
         settings = GetDataConfig(source_kind="drive", drive_file_ids=[{file_id!r}],
                                  drive_api_endpoint={server.api_endpoint!r})
@@ -394,7 +394,7 @@ def test_oauth_consent_result_is_cached_for_its_owner_only(server, tmp_path, cap
     def no_second_consent(path: Path):
         raise AssertionError("the cached token should have been used")
 
-    cached = drive.load_credentials(settings, authorize=no_second_consent)
+    cached = drive_auth.load_credentials(settings, authorize=no_second_consent)
     assert cached.token == "test-token"
     captured = capsys.readouterr()
     for text in (captured.out, captured.err, caplog.text):
@@ -437,4 +437,4 @@ def test_fake_server_reports_drive_checksums(server):
 def test_which_http_errors_are_retried(status, reason, expected):
     body = json.dumps({"error": {"code": status, "errors": [{"reason": reason}]}}).encode()
     error = googleapiclient.errors.HttpError(httplib2.Response({"status": status}), body)
-    assert drive.is_transient(error) is expected
+    assert drive_listing.is_transient(error) is expected
