@@ -438,3 +438,50 @@ def test_which_http_errors_are_retried(status, reason, expected):
     body = json.dumps({"error": {"code": status, "errors": [{"reason": reason}]}}).encode()
     error = googleapiclient.errors.HttpError(httplib2.Response({"status": status}), body)
     assert drive_listing.is_transient(error) is expected
+
+
+def test_403_rate_limit_is_retried_and_reported_as_rate_limiting(server, tmp_path, caplog):
+    patient = server.add_file("patient.zip", b"arrives after a wait")
+    unlucky = server.add_file("unlucky.zip", b"never arrives")
+    server.fail_next(patient, 403, reason="rateLimitExceeded")
+    server.fail_next(unlucky, 403, count=3, reason="userRateLimitExceeded")
+    delays: list[float] = []
+
+    result = run_download(server, tmp_path, sleep=delays.append, drive_file_ids=[patient, unlucky])
+
+    assert [path.name for path in result.files] == ["patient.zip"]
+    ((name, reason),) = result.failures
+    assert name == "unlucky.zip" and "rate limited" in reason and "3 tries" in reason
+    assert "permission denied" not in reason and "permission denied" not in caplog.text
+    assert "rate limited" in caplog.text and len(delays) == 3
+
+
+def test_404_leaves_no_empty_partial_file_or_sidecar(server, tmp_path):
+    gone = server.add_file("gone.zip", b"deleted meanwhile")
+    server.fail_next(gone, 404)
+
+    result = run_download(server, tmp_path, drive_file_ids=[gone])
+
+    assert "HTTP 404" in dict(result.failures)["gone.zip"]
+    assert sorted(path.name for path in tmp_path.iterdir() if path.name != drive.LEDGER_NAME) == []
+
+
+def test_result_tells_fetched_files_from_those_already_present(server, tmp_path):
+    root = server.add_folder("root")
+    for index in range(2):
+        server.add_file(f"part{index}.zip", random_bytes(1500, seed=index), parent=root)
+    first = run_download(server, tmp_path, drive_folder_id=root)
+    again = run_download(server, tmp_path, drive_folder_id=root)
+    assert first.fetched == first.files and len(first.files) == 2
+    assert again.fetched == [] and again.files == first.files
+
+
+def test_secrets_folder_is_ignored_by_git():
+    """docs/google_drive.md tells users to keep their key in secrets/: it must never be committed."""
+    repository = Path(__file__).resolve().parents[1]
+    patterns = (repository / ".gitignore").read_text().splitlines()
+    assert "/secrets/" in patterns
+    checked = subprocess.run(["git", "check-ignore", "-q", "secrets/drive-service-account.json"],
+                             cwd=repository, capture_output=True)
+    if checked.returncode != 128:  # 128: not a git checkout (an unpacked release)
+        assert checked.returncode == 0
