@@ -20,7 +20,7 @@ import hypothesis
 import pytest
 from hypothesis import strategies
 
-from emotion_classifier import archive_readers, archives
+from emotion_classifier import archive_readers, archive_sets, archives
 from emotion_classifier.cli import PipelineError
 
 CONTENT = {
@@ -89,7 +89,7 @@ def test_extracts_every_format_with_marker(tmp_path, name, builder):
     assert marker["archives"][0]["size"] == archive.stat().st_size
     assert marker["archives"][0]["md5"] == archives.files.file_digest(archive)
     assert marker["files"] == len(CONTENT)
-    assert archives.archive_set_name([archive]) == "data"
+    assert archive_sets.archive_set_name([archive]) == "data"
 
 
 def test_split_zip_pieces_are_extracted_as_one_archive(tmp_path):
@@ -101,12 +101,12 @@ def test_split_zip_pieces_are_extracted_as_one_archive(tmp_path):
         (pieces_folder / f"AffectNet.zip.{index + 1:03d}").write_bytes(whole[index * piece_size:(index + 1) * piece_size])
     (pieces_folder / "notes.txt").write_text("not an archive")
     (pieces_folder / "fer.tar.gz").write_bytes(b"")
-    sets = archives.find_archive_sets(sorted(pieces_folder.iterdir(), reverse=True))
+    sets = archive_sets.find_archive_sets(sorted(pieces_folder.iterdir(), reverse=True))
     assert [[path.name for path in archive_set] for archive_set in sets] == [
         ["AffectNet.zip.001", "AffectNet.zip.002", "AffectNet.zip.003"],
         ["fer.tar.gz"],
     ]
-    assert archives.archive_set_name(sets[0]) == "AffectNet"
+    assert archive_sets.archive_set_name(sets[0]) == "AffectNet"
     destination = tmp_path / "extracted" / "AffectNet"
     archives.extract_archive(sets[0], destination)
     assert tree_contents(destination) == CONTENT
@@ -127,7 +127,7 @@ def test_split_zip_with_a_missing_piece_is_refused(tmp_path):
 
 def test_rar_volumes_are_grouped(tmp_path):
     names = ["Set.part2.rar", "Set.part1.rar", "Old.rar", "Old.r00", "Old.r01", "single.rar", ".hidden.zip"]
-    sets = archives.find_archive_sets([tmp_path / name for name in names])
+    sets = archive_sets.find_archive_sets([tmp_path / name for name in names])
     assert [[path.name for path in archive_set] for archive_set in sets] == [
         ["Old.rar", "Old.r00", "Old.r01"],
         ["Set.part1.rar", "Set.part2.rar"],

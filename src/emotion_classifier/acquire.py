@@ -189,7 +189,7 @@ def _folder_contents(folder: Path) -> tuple[list[Path], bool]:
             if name.startswith("."):
                 continue
             path = Path(directory) / name
-            if archives.is_archive_file(path):
+            if archive_sets.is_archive_file(path):
                 archive_files.append(path)
             else:
                 has_other_files = True
@@ -246,7 +246,7 @@ def _bring_in_local(settings, raw: Path, cache: DigestCache, state: _Acquisition
             state.note(target, mirror_folder(source, target, COPY_MARKER_NAME))
             state.folders[target.name] = target
             continue
-        is_archive = archives.is_archive_file(source)
+        is_archive = archive_sets.is_archive_file(source)
         target, copied = bring_in_file(source, raw / "archives" if is_archive else raw / "files", cache)
         state.note(target, copied)
         (state.archive_files if is_archive else state.loose_files).append(target)
@@ -259,7 +259,7 @@ def _bring_in_from_drive(settings, archives_folder: Path, state: _Acquisition) -
     fetched = {Path(path) for path in result.fetched}
     for path in map(Path, result.files):
         state.note(path, path in fetched)
-        (state.archive_files if archives.is_archive_file(path) else state.loose_files).append(path)
+        (state.archive_files if archive_sets.is_archive_file(path) else state.loose_files).append(path)
     for name, reason in result.failures:
         state.failures.append((str(name), str(reason)))
         piece = archive_sets.classify(archives_folder / str(name))
@@ -271,7 +271,7 @@ def _check_unique_names(state: _Acquisition, mirrored_folders: list[str]) -> Non
     """Two sources must not be extracted into one folder of data/raw/extracted."""
     named: dict[str, list[str]] = {}
     for archive_set in state.archive_sets:
-        named.setdefault(archives.archive_set_name(archive_set), []).append(archive_set[0].name)
+        named.setdefault(archive_sets.archive_set_name(archive_set), []).append(archive_set[0].name)
     for name in mirrored_folders:
         named.setdefault(name, []).append(f"folder {name}")
     if state.loose_files:
@@ -287,7 +287,7 @@ def _check_unique_names(state: _Acquisition, mirrored_folders: list[str]) -> Non
 def _extract_set(archive_set: list[Path], extracted_root: Path, state: _Acquisition, force: bool,
                  cache: DigestCache, limits: archives.ExtractionLimits) -> None:
     """Extract one archive set; a problem with it is recorded as its failure, the others go on."""
-    destination = extracted_root / archives.archive_set_name(archive_set)
+    destination = extracted_root / archive_sets.archive_set_name(archive_set)
     try:
         missing = state.missing_pieces.get(archive_sets.set_key(archive_sets.classify(archive_set[0])))
         if missing is not None:
@@ -316,7 +316,7 @@ def _extract_all(settings, extracted_root: Path, state: _Acquisition, force: boo
         state.archive_files.extend(inner_archives)
         if has_other_files or not inner_archives:
             mirrored.append(name)
-    state.archive_sets = archives.find_archive_sets(state.archive_files)
+    state.archive_sets = archive_sets.find_archive_sets(state.archive_files)
     _check_unique_names(state, mirrored)
     limits = archives.ExtractionLimits.from_settings(settings)
     for archive_set in state.archive_sets:
@@ -324,7 +324,7 @@ def _extract_all(settings, extracted_root: Path, state: _Acquisition, force: boo
     for name in mirrored:
         folder = state.folders[name]
         # Archives in the folder were extracted above; its other files are linked as they are.
-        copied = mirror_folder(folder, extracted_root / name, archives.MARKER_NAME, skip=archives.is_archive_file)
+        copied = mirror_folder(folder, extracted_root / name, archives.MARKER_NAME, skip=archive_sets.is_archive_file)
         state.extracted.append({"name": name, "folder": str(folder), "status": "linked" if copied else "already linked"})
     if state.loose_files:
         copied = _gather_loose_files(state.loose_files, extracted_root / LOOSE_FILES_FOLDER)
@@ -350,7 +350,7 @@ def run(config: Config, force: bool = False) -> int:
         if settings.extract:
             _extract_all(settings, raw / "extracted", state, force, cache)
         else:
-            state.archive_sets = archives.find_archive_sets(state.archive_files)
+            state.archive_sets = archive_sets.find_archive_sets(state.archive_files)
     except PipelineError as error:
         state.failures.append(("get_data", str(error)))
         _write_summary(config, settings.source_kind, state)

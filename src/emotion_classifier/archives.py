@@ -32,7 +32,8 @@ from typing import Callable
 from tqdm import tqdm
 
 from emotion_classifier import files
-from emotion_classifier.archive_readers import (  # noqa: F401 - part of this module's interface
+# extract_archive raises UnsafeArchiveError; RAR_TOOLS names the tools it can use for RAR.
+from emotion_classifier.archive_readers import (  # noqa: F401 - re-exported for extract_archive's callers
     RAR_TOOLS,
     Member,
     UnsafeArchiveError,
@@ -40,12 +41,7 @@ from emotion_classifier.archive_readers import (  # noqa: F401 - part of this mo
     open_reader,
     read_members,
 )
-from emotion_classifier.archive_sets import (  # noqa: F401 - part of this module's interface
-    archive_set_name,
-    find_archive_sets,
-    is_archive_file,
-    plan_archive_set,
-)
+from emotion_classifier.archive_sets import plan_archive_set
 from emotion_classifier.cli import PipelineError
 from emotion_classifier.config import GetDataConfig
 
