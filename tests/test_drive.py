@@ -1,4 +1,4 @@
-"""Google Drive download (issue #3), against a real HTTP server on 127.0.0.1.
+"""Google Drive download, against a real HTTP server on 127.0.0.1.
 
 The real ``google-api-python-client`` talks to :class:`drive_server.FakeDriveServer` through an
 overridden API endpoint, with the library's own packaged discovery document; the server's

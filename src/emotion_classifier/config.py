@@ -93,7 +93,7 @@ class GetDataConfig:
     extract: bool = True
     # Decompression-bomb limits, checked on the sizes an archive declares and on the bytes
     # actually written: an archive set may expand to at most this many times its own size
-    # (beyond its first 16 MiB; images expand about 1x, label files 3 to 50x)...
+    # (beyond its first 16 MiB; JPEG and PNG images barely compress, text a few to tens of times)...
     max_expansion_ratio: int = 100
     # ...and to at most this many gigabytes (10^9 bytes) in all.
     max_extracted_gb: int = 1000
