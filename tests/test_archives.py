@@ -501,7 +501,8 @@ def test_a_lone_first_piece_is_not_a_complete_set(tmp_path):
 
 ARCHIVE_NAMES = ["random.zip", "random.tar", "random.tar.gz", "random.tar.bz2", "random.tar.xz"]
 FUZZ_SETTINGS = hypothesis.settings(
-    max_examples=60, deadline=None, suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture]
+    max_examples=60, deadline=None, database=None,  # no example database written into the checkout
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
 )
 
 
@@ -594,3 +595,25 @@ def test_random_and_damaged_rar_only_raise_pipeline_errors(tmp_path, rar_backend
         damaged[position % len(damaged)] ^= mask
     (folder / "random.rar").write_bytes(bytes(damaged))
     extract_or_pipeline_error(folder / "random.rar", folder / "out")
+
+
+def test_symbolic_link_with_a_huge_target_is_refused_unread(tmp_path):
+    archive = zip_with_entry(tmp_path / "link.zip", symlink_info("good/link"), b"a" * 100_000)
+    with pytest.raises(archives.UnsafeArchiveError, match="100000-byte target"):
+        archives.extract_archive(archive, tmp_path / "out" / "link")
+    assert_nothing_extracted(tmp_path / "out" / "link")
+
+
+def test_tar_header_bomb_is_not_read_into_memory(tmp_path):
+    """tarfile reads a pax header whole; a 40 MiB one is stopped at the limit instead."""
+    archive_path = tmp_path / "header_bomb.tar.gz"
+    with tarfile.open(archive_path, "w:gz", format=tarfile.PAX_FORMAT) as archive:
+        info = tarfile.TarInfo("a.jpg")
+        info.pax_headers = {"comment": "x" * (40 << 20)}
+        archive.addfile(info, io.BytesIO(b""))
+    assert archive_path.stat().st_size < 100_000
+    destination = tmp_path / "out" / "header_bomb"
+    with pytest.raises(PipelineError, match=r"header_bomb\.tar\.gz: refused as a possible decompression bomb: "
+                                            r"its decompressed content passes"):
+        archives.extract_archive(archive_path, destination)
+    assert_nothing_extracted(destination)

@@ -225,7 +225,7 @@ class _Acquisition:
     folders: dict[str, Path] = dataclasses.field(default_factory=dict)
     archive_sets: list[list[Path]] = dataclasses.field(default_factory=list)
     extracted: list[dict] = dataclasses.field(default_factory=list)
-    # (file, archive or folder name, reason) for everything that could not be done.
+    # (file, archive set or "get_data", reason) for everything that could not be done.
     failures: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     # Drive pieces of multi-part sets that did not arrive, by set key: (name, reason).
     missing_pieces: dict[tuple[str, str, str], tuple[str, str]] = dataclasses.field(default_factory=dict)

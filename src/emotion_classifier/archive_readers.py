@@ -10,7 +10,9 @@ entry, whatever exception the format's library raised.
 
 from __future__ import annotations
 
+import bz2
 import dataclasses
+import gzip
 import io
 import lzma
 import posixpath
@@ -29,6 +31,8 @@ from emotion_classifier.archive_sets import ArchivePlan
 from emotion_classifier.cli import PipelineError
 
 RAR_TOOLS = ("unrar", "unar", "bsdtar", "7z")
+# A symbolic link's target is read into memory; no real path is longer than this (PATH_MAX).
+MAX_LINK_TARGET_BYTES = 4096
 
 # What the standard library's archive modules raise on damaged or hostile data: bad CRCs
 # (BadZipFile), corrupt deflate, bzip2 or xz streams (zlib.error, OSError, LZMAError), truncated
@@ -253,6 +257,8 @@ class ZipReader:
             if info.flag_bits & 0x1:
                 raise PipelineError(f"{self.label}: entry {info.filename!r} is encrypted; extract it by hand")
             if stat.S_ISLNK(mode):
+                if info.file_size > MAX_LINK_TARGET_BYTES:
+                    raise unsafe(self.label, info.filename, f"symbolic link with a {info.file_size}-byte target")
                 try:
                     raw_target = self._zip.read(info).decode("utf-8", errors="replace")
                 except DAMAGED_ARCHIVE_ERRORS as error:
@@ -275,19 +281,95 @@ class ZipReader:
             self._source.close()
 
 
+# The first bytes of each compressed stream tar archives come in, and the module that reads it.
+_TAR_COMPRESSIONS = (
+    (b"\x1f\x8b", lambda raw: gzip.GzipFile(fileobj=raw, mode="rb")),
+    (b"BZh", bz2.BZ2File),
+    (b"\xfd7zXZ\x00", lzma.LZMAFile),
+)
+
+
+class _BoundedStream(io.RawIOBase):
+    """A decompressed stream that refuses to be read past ``limit`` bytes.
+
+    tarfile reads some headers (pax, GNU long names) into memory whole, whatever size they
+    claim; reading through this keeps a decompression bomb hidden in one from exhausting memory.
+    """
+
+    def __init__(self, stream, limit: int, label: str):
+        super().__init__()
+        self._stream = stream
+        self._limit = limit
+        self._label = label
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._stream.tell()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._stream.seek(offset, whence)
+
+    def read(self, size: int = -1) -> bytes:
+        room = self._limit - self._stream.tell()
+        data = self._stream.read(room + 1 if size is None or size < 0 or size > room else size)
+        if self._stream.tell() > self._limit:
+            raise PipelineError(
+                f"{self._label}: refused as a possible decompression bomb: its decompressed content passes "
+                f"{self._limit:,} bytes, beyond get_data.max_expansion_ratio or get_data.max_extracted_gb; "
+                "nothing was kept (raise the limit if the archive is genuine)"
+            )
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._stream.close()
+        super().close()
+
+
+def _open_tar_stream(path: Path, limit: int, label: str) -> _BoundedStream:
+    raw = open(path, "rb")
+    try:
+        magic = raw.read(6)
+        raw.seek(0)
+        opener = next((opener for prefix, opener in _TAR_COMPRESSIONS if magic.startswith(prefix)), None)
+        return _BoundedStream(raw if opener is None else opener(raw), limit, label)
+    except BaseException:
+        raw.close()
+        raise
+
+
 class TarReader:
-    """Members of a tar file, plain or compressed (gzip, bzip2, xz)."""
+    """Members of a tar file, plain or compressed (gzip, bzip2, xz), read within ``limit`` bytes."""
 
     errors = DAMAGED_ARCHIVE_ERRORS
 
-    def __init__(self, plan: ArchivePlan):
+    def __init__(self, plan: ArchivePlan, limit: int):
         self.label = plan.label
+        self._stream = None
         try:
-            self._tar = tarfile.open(plan.paths[0], "r:*")
+            self._stream = _open_tar_stream(plan.paths[0], limit, plan.label)
+            self._tar = tarfile.open(fileobj=self._stream, mode="r:")
+        except PipelineError:
+            self._close_stream()
+            raise
         except DAMAGED_ARCHIVE_ERRORS as error:
+            self._close_stream()
             raise PipelineError(
                 f"{self.label}: not a readable tar archive ({type(error).__name__}: {error})"
             ) from error
+
+    def _close_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
 
     def members(self) -> Iterator[Member]:
         # Lazily, header by header: a compressed tar is only decompressed as far as the limits
@@ -317,6 +399,7 @@ class TarReader:
 
     def close(self) -> None:
         self._tar.close()
+        self._close_stream()
 
 
 def _require_rar_backend():
@@ -367,6 +450,8 @@ class RarReader:
         modified = _timestamp(info.date_time)
         redirect = getattr(info, "file_redir", None)
         if info.is_symlink():
+            if not redirect and info.file_size > MAX_LINK_TARGET_BYTES:
+                raise unsafe(self.label, info.filename, f"symbolic link with a {info.file_size}-byte target")
             raw_target = redirect[2] if redirect else self._rar.read(info).decode("utf-8", "replace")
             return Member(name, "symlink", 0, modified, symlink_target(self.label, name or info.filename, raw_target))
         if redirect and redirect[0] in (rarfile.RAR5_XREDIR_HARD_LINK, rarfile.RAR5_XREDIR_FILE_COPY):
@@ -386,12 +471,16 @@ class RarReader:
         self._rar.close()
 
 
-def open_reader(plan: ArchivePlan):
-    """The reader for the plan's format; its ``errors`` are what its reads may raise."""
+def open_reader(plan: ArchivePlan, limit: int):
+    """The reader for the plan's format; its ``errors`` are what its reads may raise.
+
+    ``limit`` bounds what is decompressed to list a tar archive's entries (zip and RAR list
+    theirs from a directory whose size the archive file itself bounds).
+    """
     if plan.kind in ("zip", "split_zip"):
         return ZipReader(plan)
     if plan.kind == "tar":
-        return TarReader(plan)
+        return TarReader(plan, limit)
     return RarReader(plan)
 
 

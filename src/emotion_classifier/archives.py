@@ -332,9 +332,8 @@ def replace_folder(built: Path, destination: Path) -> None:
             old.unlink()
 
 
-def _extract_checked(reader, plan, destination: Path, limits: ExtractionLimits, digest) -> int:
+def _extract_checked(reader, plan, destination: Path, budget: _ExpansionBudget, digest) -> int:
     """Check the reader's entries, extract them beside ``destination`` and swap them in."""
-    budget = _ExpansionBudget(plan.label, sum(path.stat().st_size for path in plan.paths), limits)
     members = read_members(reader, budget.check_declared)
     declared = sum(member.size for member in members if member.kind == "file")
     budget.check_declared(declared + ENTRY_OVERHEAD_BYTES * len(members))
@@ -376,9 +375,11 @@ def extract_archive(
         return destination
     destination.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(destination)
-    reader = open_reader(plan)
+    budget = _ExpansionBudget(plan.label, sum(path.stat().st_size for path in plan.paths), limits)
+    # A tar stream holds its entries' content and a header per entry; both count in the budget.
+    reader = open_reader(plan, budget.allowed + COPY_CHUNK_BYTES)
     try:
-        extracted_files = _extract_checked(reader, plan, destination, limits, digest)
+        extracted_files = _extract_checked(reader, plan, destination, budget, digest)
     finally:
         try:
             reader.close()
