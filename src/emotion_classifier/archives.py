@@ -1,7 +1,8 @@
 """Safe extraction of dataset archives: zip, tar (plain, gz, bz2, xz), RAR, and multi-part sets.
 
 ``archive_sets`` recognises archive files and groups multi-part sets; ``archive_readers``
-lists and checks their entries. This module writes them, defensively:
+lists and checks their entries (through ``archive_streams`` for split zips and bounded tar
+streams). This module writes them, defensively:
 
 - nothing is written before every entry has been checked (see ``archive_readers``);
 - no symbolic link is ever created: a link whose target is a regular file of the same archive
