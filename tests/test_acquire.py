@@ -350,3 +350,14 @@ def test_summary_is_written_when_a_problem_stops_the_run(tmp_path, drive_config)
         acquire.run(config)
     summary = files.read_json(tmp_path / "reports" / "get_data_summary.json")
     assert "HTTP 404" in summary["failures"][0]["reason"]
+
+
+def test_folder_holding_an_archive_of_its_own_name_keeps_both(tmp_path):
+    folder = tmp_path / "downloads" / "fer"
+    folder.mkdir(parents=True)
+    good_tar(folder / "fer.tar.gz")
+    (folder / "README.txt").write_text("FER2013")
+    assert acquire.run(make_config(tmp_path, [str(folder)])) == 0
+    extracted = tmp_path / "data" / "raw" / "extracted"
+    assert (extracted / "fer" / "fer" / "train" / "happy" / "x.jpg").read_bytes() == b"happy"
+    assert (extracted / "fer_loose_files" / "README.txt").read_text() == "FER2013"

@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 COPY_MARKER_NAME = ".copied.json"
 LOOSE_FILES_FOLDER = "files"
+# The other files of a folder that also holds an archive of its own name are extracted beside it.
+LOOSE_SUFFIX = "_loose_files"
 DIGEST_CACHE_NAME = ".digests.json"
 # Files larger than this get a progress bar while being copied.
 PROGRESS_MIN_BYTES = 256 * 1024 * 1024
@@ -310,19 +312,21 @@ def _extract_set(archive_set: list[Path], extracted_root: Path, state: _Acquisit
 
 def _extract_all(settings, extracted_root: Path, state: _Acquisition, force: bool, cache: DigestCache) -> None:
     """Extract every archive set, mirror the folders' other files and gather the loose files."""
-    mirrored: list[str] = []
+    mirrored: dict[str, Path] = {}
     for name, folder in state.folders.items():
         inner_archives, has_other_files = _folder_contents(folder)
         state.archive_files.extend(inner_archives)
+        inner_names = {archive_sets.archive_set_name(archive_set)
+                       for archive_set in archive_sets.find_archive_sets(inner_archives)}
         if has_other_files or not inner_archives:
-            mirrored.append(name)
+            # fer2013/ holding fer2013.tar.gz and a readme: the readme goes beside, not over it.
+            mirrored[f"{name}{LOOSE_SUFFIX}" if name in inner_names else name] = folder
     state.archive_sets = archive_sets.find_archive_sets(state.archive_files)
-    _check_unique_names(state, mirrored)
+    _check_unique_names(state, list(mirrored))
     limits = archives.ExtractionLimits.from_settings(settings)
     for archive_set in state.archive_sets:
         _extract_set(archive_set, extracted_root, state, force, cache, limits)
-    for name in mirrored:
-        folder = state.folders[name]
+    for name, folder in mirrored.items():
         # Archives in the folder were extracted above; its other files are linked as they are.
         copied = mirror_folder(folder, extracted_root / name, archives.MARKER_NAME, skip=archive_sets.is_archive_file)
         state.extracted.append({"name": name, "folder": str(folder), "status": "linked" if copied else "already linked"})
