@@ -501,7 +501,7 @@ def test_a_lone_first_piece_is_not_a_complete_set(tmp_path):
 
 ARCHIVE_NAMES = ["random.zip", "random.tar", "random.tar.gz", "random.tar.bz2", "random.tar.xz"]
 FUZZ_SETTINGS = hypothesis.settings(
-    max_examples=60, deadline=None, database=None,  # no example database written into the checkout
+    max_examples=60, deadline=None, database=None,  # no example database kept between runs
     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
 )
 
