@@ -153,9 +153,14 @@ class FakeDriveServer:
 
     # -- faults -----------------------------------------------------------------------------
 
-    def fail_next(self, item_id: str, status: int, count: int = 1, kind: str = "media") -> None:
-        """Answer the next ``count`` requests of ``kind`` (media, metadata, list) with ``status``."""
-        self._failures.setdefault((item_id, kind), []).extend([status] * count)
+    def fail_next(self, item_id: str, status: int, count: int = 1, kind: str = "media",
+                  reason: str | None = None) -> None:
+        """Answer the next ``count`` requests of ``kind`` (media, metadata, list) with ``status``.
+
+        ``reason`` replaces the usual reason of that status in the error body (Drive answers a
+        used-up quota with 403 ``rateLimitExceeded``).
+        """
+        self._failures.setdefault((item_id, kind), []).extend([(status, reason)] * count)
 
     def drop_connection(self, file_id: str, after_byte: int, count: int = 1) -> None:
         """Cut the next ``count`` media responses that cover byte ``after_byte`` right before it."""
@@ -169,7 +174,7 @@ class FakeDriveServer:
         """
         self._stalls[file_id] = after_byte
 
-    def _take_failure(self, item_id: str, kind: str) -> int | None:
+    def _take_failure(self, item_id: str, kind: str) -> tuple[int, str | None] | None:
         with self._lock:
             queue = self._failures.get((item_id, kind))
             return queue.pop(0) if queue else None
@@ -214,8 +219,8 @@ def _make_handler(drive: FakeDriveServer) -> type[http.server.BaseHTTPRequestHan
             self.wfile.write(payload)
             self._record(status)
 
-        def _send_error(self, status: int, message: str) -> None:
-            reason = _ERROR_REASONS.get(status, "unknown")
+        def _send_error(self, status: int, message: str, reason: str | None = None) -> None:
+            reason = reason or _ERROR_REASONS.get(status, "unknown")
             self._send_json(status, {"error": {"code": status, "message": message,
                                                "errors": [{"reason": reason, "message": message}]}})
 
@@ -258,7 +263,7 @@ def _make_handler(drive: FakeDriveServer) -> type[http.server.BaseHTTPRequestHan
             kind = "media" if query.get("alt") == "media" else "metadata"
             failure = drive._take_failure(item.file_id, kind)
             if failure is not None:
-                self._send_error(failure, "injected failure")
+                self._send_error(failure[0], "injected failure", failure[1])
             elif kind == "metadata":
                 self._send_json(200, item.resource())
             else:
@@ -272,7 +277,7 @@ def _make_handler(drive: FakeDriveServer) -> type[http.server.BaseHTTPRequestHan
             folder = drive.items[match.group(1)]
             failure = drive._take_failure(folder.file_id, "list")
             if failure is not None:
-                self._send_error(failure, "injected failure")
+                self._send_error(failure[0], "injected failure", failure[1])
                 return
             children = [item for item in drive.items.values() if folder.file_id in item.parents]
             if folder.drive_id and not (

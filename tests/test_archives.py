@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
+import random
 import shutil
 import stat
 import struct
 import tarfile
+import tempfile
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
 
+import hypothesis
 import pytest
+from hypothesis import strategies
 
-from emotion_classifier import archives
+from emotion_classifier import archive_readers, archive_sets, archives
 from emotion_classifier.errors import PipelineError
 
 CONTENT = {
@@ -83,7 +89,7 @@ def test_extracts_every_format_with_marker(tmp_path, name, builder):
     assert marker["archives"][0]["size"] == archive.stat().st_size
     assert marker["archives"][0]["md5"] == archives.files.file_digest(archive)
     assert marker["files"] == len(CONTENT)
-    assert archives.archive_set_name([archive]) == "data"
+    assert archive_sets.archive_set_name([archive]) == "data"
 
 
 def test_split_zip_pieces_are_extracted_as_one_archive(tmp_path):
@@ -95,12 +101,12 @@ def test_split_zip_pieces_are_extracted_as_one_archive(tmp_path):
         (pieces_folder / f"AffectNet.zip.{index + 1:03d}").write_bytes(whole[index * piece_size:(index + 1) * piece_size])
     (pieces_folder / "notes.txt").write_text("not an archive")
     (pieces_folder / "fer.tar.gz").write_bytes(b"")
-    sets = archives.find_archive_sets(sorted(pieces_folder.iterdir(), reverse=True))
+    sets = archive_sets.find_archive_sets(sorted(pieces_folder.iterdir(), reverse=True))
     assert [[path.name for path in archive_set] for archive_set in sets] == [
         ["AffectNet.zip.001", "AffectNet.zip.002", "AffectNet.zip.003"],
         ["fer.tar.gz"],
     ]
-    assert archives.archive_set_name(sets[0]) == "AffectNet"
+    assert archive_sets.archive_set_name(sets[0]) == "AffectNet"
     destination = tmp_path / "extracted" / "AffectNet"
     archives.extract_archive(sets[0], destination)
     assert tree_contents(destination) == CONTENT
@@ -121,7 +127,7 @@ def test_split_zip_with_a_missing_piece_is_refused(tmp_path):
 
 def test_rar_volumes_are_grouped(tmp_path):
     names = ["Set.part2.rar", "Set.part1.rar", "Old.rar", "Old.r00", "Old.r01", "single.rar", ".hidden.zip"]
-    sets = archives.find_archive_sets([tmp_path / name for name in names])
+    sets = archive_sets.find_archive_sets([tmp_path / name for name in names])
     assert [[path.name for path in archive_set] for archive_set in sets] == [
         ["Old.rar", "Old.r00", "Old.r01"],
         ["Set.part1.rar", "Set.part2.rar"],
@@ -213,7 +219,7 @@ def test_marker_skips_a_second_extraction(tmp_path, monkeypatch):
     def must_not_open(plan):
         raise AssertionError("the archive was opened again")
 
-    monkeypatch.setattr(archives, "_open_reader", must_not_open)
+    monkeypatch.setattr(archives, "open_reader", must_not_open)
     assert archives.extract_archive(archive, destination) == destination
     assert (destination / archives.MARKER_NAME).stat().st_mtime_ns == marker_time
     # A changed archive is extracted again.
@@ -229,11 +235,11 @@ def test_interrupted_extraction_leaves_no_destination(tmp_path, monkeypatch):
     original = archives._write_member
     calls = []
 
-    def fail_on_second(reader, member, target):
+    def fail_on_second(reader, member, target, budget):
         calls.append(member.name)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        original(reader, member, target)
+        original(reader, member, target, budget)
 
     monkeypatch.setattr(archives, "_write_member", fail_on_second)
     with pytest.raises(KeyboardInterrupt):
@@ -351,3 +357,263 @@ def test_extraction_never_follows_an_existing_symlink(tmp_path):
     archives.extract_archive(archive, destination, force=True)
     assert outside.read_text() == "keep me"
     assert (destination / "a.txt").read_bytes() == b"new" and not (destination / "a.txt").is_symlink()
+
+
+# -- damaged, duplicated, oversized and undecodable archives -------------------------------------
+
+
+def zip_bytes_with_corrupt_entry(tmp_path: Path, compression: int) -> Path:
+    """A zip whose second entry's stored bytes were altered after it was written."""
+    path = tmp_path / "damaged.zip"
+    with zipfile.ZipFile(path, "w", compression=compression) as archive:
+        archive.writestr("good/first.jpg", b"fine")
+        archive.writestr("good/second.jpg", bytes(range(256)) * 64)
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("good/second.jpg")
+    # The entry's data follows its 30-byte local header, its name and its extra field.
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    for offset in range(start + 10, start + 40):
+        data[offset] ^= 0x5A
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_bad_crc_or_corrupt_deflate_stream_is_one_message_naming_the_entry(tmp_path, compression):
+    archive = zip_bytes_with_corrupt_entry(tmp_path, compression)
+    destination = tmp_path / "out" / "damaged"
+    with pytest.raises(PipelineError, match=r"damaged\.zip: entry 'good/second\.jpg': damaged or unreadable"):
+        archives.extract_archive(archive, destination)
+    assert_nothing_extracted(destination)
+
+
+def test_truncated_tarball_is_one_message(tmp_path):
+    whole = make_tar(tmp_path / "whole.tar.gz", "w:gz", {"a.jpg": random.Random(1).randbytes(50_000)})
+    truncated = tmp_path / "cut.tar.gz"
+    truncated.write_bytes(whole.read_bytes()[:20_000])
+    with pytest.raises(PipelineError, match=r"cut\.tar\.gz"):
+        archives.extract_archive(truncated, tmp_path / "out" / "cut")
+    assert_nothing_extracted(tmp_path / "out" / "cut")
+
+
+def test_two_entries_with_one_name_are_refused(tmp_path):
+    zip_path = tmp_path / "twice.zip"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate it is asked to write
+        with zipfile.ZipFile(zip_path, "w") as archive:
+            archive.writestr("images/a.jpg", b"first")
+            archive.writestr("images/./a.jpg", b"second")
+    tar_path = tmp_path / "twice.tar"
+    with tarfile.open(tar_path, "w") as archive:
+        add_tar_entry(archive, "images/a.jpg", b"first")
+        add_tar_entry(archive, "images/a.jpg", b"second")
+    for path in (zip_path, tar_path):
+        destination = tmp_path / "out" / path.stem
+        with pytest.raises(archives.UnsafeArchiveError, match=r"two entries of this name.*overwrite") as caught:
+            archives.extract_archive(path, destination)
+        assert path.name in str(caught.value) and "'images/a.jpg'" in str(caught.value)
+        assert_nothing_extracted(destination)
+
+
+def zip_bomb(path: Path, megabytes: int) -> Path:
+    """Zeros compress about a thousand times: ``megabytes`` MiB from roughly as many KiB."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        with archive.open("zeros.bin", "w") as entry:
+            for _ in range(megabytes):
+                entry.write(bytes(1 << 20))
+    return path
+
+
+def test_zip_bomb_is_refused_before_anything_is_written(tmp_path):
+    bomb = zip_bomb(tmp_path / "bomb.zip", 40)
+    assert bomb.stat().st_size < 100_000
+    destination = tmp_path / "out" / "bomb"
+    with pytest.raises(PipelineError, match=r"bomb\.zip: refused as a possible decompression bomb.*"
+                                            r"max_expansion_ratio = 100"):
+        archives.extract_archive(bomb, destination)
+    assert_nothing_extracted(destination)
+    # Within the absolute limit too: 40 MiB is more than 0.03 GB.
+    limits = archives.ExtractionLimits(max_expansion_ratio=10_000, max_extracted_bytes=30_000_000)
+    with pytest.raises(PipelineError, match=r"max_extracted_gb = 0\.03"):
+        archives.extract_archive(bomb, destination, limits=limits)
+    assert_nothing_extracted(destination)
+
+
+def test_bytes_written_are_limited_even_when_the_sizes_declared_are_not(tmp_path, monkeypatch):
+    """An archive that declares nothing (sizes of 0) is stopped by what it actually writes."""
+    bomb = zip_bomb(tmp_path / "bomb.zip", 40)
+    declared = archive_readers.ZipReader.members
+
+    def declaring_nothing(reader):
+        for member in declared(reader):
+            yield dataclasses.replace(member, size=0)
+
+    monkeypatch.setattr(archive_readers.ZipReader, "members", declaring_nothing)
+    written: list[int] = []
+    original_add = archives._ExpansionBudget.add
+
+    def recording_add(budget, count, entry):
+        try:
+            original_add(budget, count, entry)
+        finally:
+            written.append(budget.written)
+
+    monkeypatch.setattr(archives._ExpansionBudget, "add", recording_add)
+    destination = tmp_path / "out" / "bomb"
+    with pytest.raises(PipelineError, match=r"extraction stopped as a possible decompression bomb at entry "
+                                            r"'zeros\.bin'.*partial output was removed"):
+        archives.extract_archive(bomb, destination)
+    assert archives.RATIO_FLOOR_BYTES < written[-1] <= archives.RATIO_FLOOR_BYTES + archives.COPY_CHUNK_BYTES
+    assert_nothing_extracted(destination)
+
+
+def test_name_that_is_not_utf8_is_refused(tmp_path):
+    archive_path = tmp_path / "latin1.tar"
+    name = b"images/caf\xe9.jpg".decode("utf-8", "surrogateescape")
+    with tarfile.open(archive_path, "w", format=tarfile.GNU_FORMAT, encoding="utf-8",
+                      errors="surrogateescape") as archive:
+        add_tar_entry(archive, "images/ok.jpg", b"fine")
+        add_tar_entry(archive, name, b"named in Latin-1")
+    destination = tmp_path / "out" / "latin1"
+    with pytest.raises(archives.UnsafeArchiveError, match="not valid UTF-8") as caught:
+        archives.extract_archive(archive_path, destination)
+    assert "latin1.tar" in str(caught.value)
+    assert_nothing_extracted(destination)
+
+
+def test_a_lone_first_piece_is_not_a_complete_set(tmp_path):
+    whole = make_zip(tmp_path / "whole.zip").read_bytes()
+    lone = tmp_path / "Set.zip.001"
+    lone.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(PipelineError, match=r"Set\.zip\.002 is missing"):
+        archives.extract_archive([lone], tmp_path / "Set")
+    # Two pieces of three: the end of the zip is missing, and the message says so.
+    pieces = [tmp_path / "Cut.zip.001", tmp_path / "Cut.zip.002"]
+    pieces[0].write_bytes(whole[:100])
+    pieces[1].write_bytes(whole[100:200])
+    with pytest.raises(PipelineError, match=r"later piece is probably missing"):
+        archives.extract_archive(pieces, tmp_path / "Cut")
+    assert_nothing_extracted(tmp_path / "Cut")
+
+
+# -- random input: only the project's own errors ---------------------------------------------------
+
+ARCHIVE_NAMES = ["random.zip", "random.tar", "random.tar.gz", "random.tar.bz2", "random.tar.xz"]
+FUZZ_SETTINGS = hypothesis.settings(
+    max_examples=60, deadline=None, database=None,  # no example database kept between runs
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+
+
+def extract_or_pipeline_error(archive, destination: Path) -> None:
+    """Extraction either succeeds inside ``destination`` or raises PipelineError and leaves nothing."""
+    try:
+        archives.extract_archive(archive, destination)
+    except PipelineError:
+        assert not destination.exists()
+        return
+    for path in destination.rglob("*"):
+        assert not path.is_symlink() and path.resolve().is_relative_to(destination.resolve())
+
+
+@FUZZ_SETTINGS
+@hypothesis.given(name=strategies.sampled_from(ARCHIVE_NAMES), data=strategies.binary(max_size=2048))
+def test_random_bytes_only_raise_pipeline_errors(tmp_path, name, data):
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    (folder / name).write_bytes(data)
+    extract_or_pipeline_error(folder / name, folder / "out")
+
+
+def valid_archive_bytes(folder: Path, name: str) -> bytes:
+    path = folder / name
+    if name.endswith(".zip"):
+        make_zip(path)
+    else:
+        make_tar(path, "w:" + {"tar": "", "gz": "gz", "bz2": "bz2", "xz": "xz"}[name.rsplit(".", 1)[-1]])
+    return path.read_bytes()
+
+
+@FUZZ_SETTINGS
+@hypothesis.given(name=strategies.sampled_from(ARCHIVE_NAMES), flips=strategies.lists(
+    strategies.tuples(strategies.integers(min_value=0), strategies.integers(min_value=1, max_value=255)),
+    min_size=1, max_size=8,
+))
+def test_damaged_valid_archives_only_raise_pipeline_errors(tmp_path, name, flips):
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    data = bytearray(valid_archive_bytes(folder, name))
+    for position, mask in flips:
+        data[position % len(data)] ^= mask
+    (folder / name).write_bytes(bytes(data))
+    extract_or_pipeline_error(folder / name, folder / "out")
+
+
+MEMBER_NAMES = strategies.text(
+    alphabet=strategies.characters(blacklist_categories=("Cs",)) | strategies.sampled_from(
+        ["/", "\\", ".", "\x00", ":", "\udce9"]),
+    min_size=1, max_size=30,
+)
+
+
+@FUZZ_SETTINGS
+@hypothesis.given(names=strategies.lists(MEMBER_NAMES, min_size=1, max_size=5), as_zip=strategies.booleans())
+def test_random_member_names_only_raise_pipeline_errors(tmp_path, names, as_zip):
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    if as_zip:
+        path = folder / "names.zip"
+        with warnings.catch_warnings(), zipfile.ZipFile(path, "w") as archive:
+            warnings.simplefilter("ignore")
+            for index, name in enumerate(names):
+                try:
+                    archive.writestr(name, f"entry {index}".encode())
+                except (UnicodeEncodeError, ValueError, IndexError):
+                    hypothesis.assume(False)  # zipfile cannot even write such a name
+    else:
+        path = folder / "names.tar"
+        try:
+            with tarfile.open(path, "w", format=tarfile.GNU_FORMAT, encoding="utf-8",
+                              errors="surrogateescape") as archive:
+                for index, name in enumerate(names):
+                    add_tar_entry(archive, name, f"entry {index}".encode())
+        except (ValueError, UnicodeEncodeError, tarfile.TarError):
+            hypothesis.assume(False)  # tarfile cannot even write such a name
+    extract_or_pipeline_error(path, folder / "out")
+    assert sorted(path.name for path in folder.iterdir()) in (["names.tar"], ["names.tar", "out"],
+                                                               ["names.zip"], ["names.zip", "out"])
+
+
+@FUZZ_SETTINGS
+@hypothesis.given(data=strategies.binary(max_size=2048), flips=strategies.lists(
+    strategies.tuples(strategies.integers(min_value=0), strategies.integers(min_value=1, max_value=255)),
+    max_size=8,
+))
+def test_random_and_damaged_rar_only_raise_pipeline_errors(tmp_path, rar_backend_present, data, flips):
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    entries = [(name, content, stat.S_IFREG | 0o644) for name, content in CONTENT.items()]
+    damaged = bytearray(make_rar4(folder / "valid.rar", entries).read_bytes() if flips else b"Rar!\x1a\x07\x00" + data)
+    for position, mask in flips:
+        damaged[position % len(damaged)] ^= mask
+    (folder / "random.rar").write_bytes(bytes(damaged))
+    extract_or_pipeline_error(folder / "random.rar", folder / "out")
+
+
+def test_symbolic_link_with_a_huge_target_is_refused_unread(tmp_path):
+    archive = zip_with_entry(tmp_path / "link.zip", symlink_info("good/link"), b"a" * 100_000)
+    with pytest.raises(archives.UnsafeArchiveError, match="100000-byte target"):
+        archives.extract_archive(archive, tmp_path / "out" / "link")
+    assert_nothing_extracted(tmp_path / "out" / "link")
+
+
+def test_tar_header_bomb_is_not_read_into_memory(tmp_path):
+    """tarfile reads a pax header whole; a 40 MiB one is stopped at the limit instead."""
+    archive_path = tmp_path / "header_bomb.tar.gz"
+    with tarfile.open(archive_path, "w:gz", format=tarfile.PAX_FORMAT) as archive:
+        info = tarfile.TarInfo("a.jpg")
+        info.pax_headers = {"comment": "x" * (40 << 20)}
+        archive.addfile(info, io.BytesIO(b""))
+    assert archive_path.stat().st_size < 100_000
+    destination = tmp_path / "out" / "header_bomb"
+    with pytest.raises(PipelineError, match=r"header_bomb\.tar\.gz: refused as a possible decompression bomb: "
+                                            r"its decompressed content passes"):
+        archives.extract_archive(archive_path, destination)
+    assert_nothing_extracted(destination)

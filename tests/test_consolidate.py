@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,7 @@ from emotion_classifier import consolidate, files
 from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import Config
 
-from fer_data import SHARED_FER_ROOT
+SAMPLE_ARCHIVE = Path(__file__).resolve().parents[1] / "sample" / "fer2013_sample.tar.gz"
 
 
 def write(path: Path, data: bytes) -> Path:
@@ -134,15 +134,20 @@ def test_missing_extracted_data_is_a_clear_error(tmp_path):
         consolidate.run(make_config(tmp_path))
 
 
-@pytest.mark.shared_data
 def test_real_fer_images_are_consolidated(tmp_path):
+    """Real face images: a few of the shipped sample's, extracted under an extra top folder."""
     source = tmp_path / "data" / "raw" / "extracted" / "fer2013" / "fer2013"
-    for split in ("train", "val"):
-        for class_folder in sorted((SHARED_FER_ROOT / split).iterdir())[:2]:
-            for image in sorted(class_folder.iterdir())[:3]:
-                target = source / split / class_folder.name / image.name
+    with tarfile.open(SAMPLE_ARCHIVE) as archive:
+        chosen = [member for member in sorted(archive.getmembers(), key=lambda member: member.name)
+                  if member.isfile() and member.name.split("/")[-2] in ("angry", "happy")]
+        by_split: dict[str, list[tarfile.TarInfo]] = {}
+        for member in chosen:
+            by_split.setdefault(member.name.split("/")[-3], []).append(member)
+        for split_name, members in by_split.items():
+            for member in members[:3] + members[-3:]:
+                target = source / split_name / member.name.split("/")[-2] / Path(member.name).name
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(image, target)
+                target.write_bytes(archive.extractfile(member).read())
     consolidate.run(make_config(tmp_path))
     images = tmp_path / "data" / "interim" / "images"
     found = sorted(path.relative_to(images) for path in images.rglob("*.jpg"))
@@ -150,3 +155,17 @@ def test_real_fer_images_are_consolidated(tmp_path):
     assert {relative.parts[0] for relative in found} == {"train", "val"}
     # The single top folder "fer2013" was stripped and every image is a hard link to its source.
     assert all(os.path.samefile(images / relative, source / relative) for relative in found)
+
+
+def test_names_that_are_not_utf8_are_skipped_and_counted(tmp_path, extracted):
+    folder = os.fsencode(extracted / "AffectNet" / "Manually_Annotated_Images" / "689")
+    with open(folder + b"/caf\xe9.jpg", "wb") as handle:
+        handle.write(b"named in Latin-1")
+    os.mkdir(folder + b"/\xff")
+    with open(folder + b"/\xff/inside.jpg", "wb") as handle:
+        handle.write(b"in a folder named in no encoding")
+    config = make_config(tmp_path)
+    assert consolidate.run(config) == 0
+    summary = files.read_json(tmp_path / "reports" / "consolidate_summary.json")
+    assert summary["images"] == 4 and summary["invalid_names_skipped"] == 2
+    assert consolidate.run(config) == 0

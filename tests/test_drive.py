@@ -1,4 +1,4 @@
-"""Google Drive download (issue #3), against a real HTTP server on 127.0.0.1.
+"""Google Drive download, against a real HTTP server on 127.0.0.1.
 
 The real ``google-api-python-client`` talks to :class:`drive_server.FakeDriveServer` through an
 overridden API endpoint, with the library's own packaged discovery document; the server's
@@ -24,7 +24,7 @@ import httplib2
 import pytest
 
 from drive_server import FakeDriveServer
-from emotion_classifier import drive
+from emotion_classifier import drive, drive_auth, drive_listing
 from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import GetDataConfig
 
@@ -104,7 +104,7 @@ def test_docs_files_unsafe_names_duplicates_and_shortcuts(server, tmp_path):
     server.add_file("dup.tar.gz", b"first", parent=root)
     second = server.add_file("dup.tar.gz", b"second", parent=root)
     target = server.add_file("real-name.zip", b"target content", parent=elsewhere)
-    server.add_file("link.zip", None, parent=root, mime_type=drive.SHORTCUT_MIME_TYPE, shortcut_target=target)
+    server.add_file("link.zip", None, parent=root, mime_type=drive_listing.SHORTCUT_MIME_TYPE, shortcut_target=target)
 
     result = run_download(server, tmp_path, drive_folder_id=root)
 
@@ -208,7 +208,7 @@ def test_killed_process_leaves_a_partial_file_that_the_next_run_continues(server
     server.stall(file_id, after_byte=3000)
     script = textwrap.dedent(f"""
         import google.oauth2.credentials
-        from emotion_classifier import drive
+        from emotion_classifier import drive, drive_auth, drive_listing
         from emotion_classifier.config import GetDataConfig
         settings = GetDataConfig(source_kind="drive", drive_file_ids=[{file_id!r}],
                                  drive_api_endpoint={server.api_endpoint!r})
@@ -394,7 +394,7 @@ def test_oauth_consent_result_is_cached_for_its_owner_only(server, tmp_path, cap
     def no_second_consent(path: Path):
         raise AssertionError("the cached token should have been used")
 
-    cached = drive.load_credentials(settings, authorize=no_second_consent)
+    cached = drive_auth.load_credentials(settings, authorize=no_second_consent)
     assert cached.token == "test-token"
     captured = capsys.readouterr()
     for text in (captured.out, captured.err, caplog.text):
@@ -437,4 +437,51 @@ def test_fake_server_reports_drive_checksums(server):
 def test_which_http_errors_are_retried(status, reason, expected):
     body = json.dumps({"error": {"code": status, "errors": [{"reason": reason}]}}).encode()
     error = googleapiclient.errors.HttpError(httplib2.Response({"status": status}), body)
-    assert drive.is_transient(error) is expected
+    assert drive_listing.is_transient(error) is expected
+
+
+def test_403_rate_limit_is_retried_and_reported_as_rate_limiting(server, tmp_path, caplog):
+    patient = server.add_file("patient.zip", b"arrives after a wait")
+    unlucky = server.add_file("unlucky.zip", b"never arrives")
+    server.fail_next(patient, 403, reason="rateLimitExceeded")
+    server.fail_next(unlucky, 403, count=3, reason="userRateLimitExceeded")
+    delays: list[float] = []
+
+    result = run_download(server, tmp_path, sleep=delays.append, drive_file_ids=[patient, unlucky])
+
+    assert [path.name for path in result.files] == ["patient.zip"]
+    ((name, reason),) = result.failures
+    assert name == "unlucky.zip" and "rate limited" in reason and "3 tries" in reason
+    assert "permission denied" not in reason and "permission denied" not in caplog.text
+    assert "rate limited" in caplog.text and len(delays) == 3
+
+
+def test_404_leaves_no_empty_partial_file_or_sidecar(server, tmp_path):
+    gone = server.add_file("gone.zip", b"deleted meanwhile")
+    server.fail_next(gone, 404)
+
+    result = run_download(server, tmp_path, drive_file_ids=[gone])
+
+    assert "HTTP 404" in dict(result.failures)["gone.zip"]
+    assert sorted(path.name for path in tmp_path.iterdir() if path.name != drive.LEDGER_NAME) == []
+
+
+def test_result_tells_fetched_files_from_those_already_present(server, tmp_path):
+    root = server.add_folder("root")
+    for index in range(2):
+        server.add_file(f"part{index}.zip", random_bytes(1500, seed=index), parent=root)
+    first = run_download(server, tmp_path, drive_folder_id=root)
+    again = run_download(server, tmp_path, drive_folder_id=root)
+    assert first.fetched == first.files and len(first.files) == 2
+    assert again.fetched == [] and again.files == first.files
+
+
+def test_secrets_folder_is_ignored_by_git():
+    """docs/google_drive.md tells users to keep their key in secrets/: it must never be committed."""
+    repository = Path(__file__).resolve().parents[1]
+    patterns = (repository / ".gitignore").read_text().splitlines()
+    assert "/secrets/" in patterns
+    checked = subprocess.run(["git", "check-ignore", "-q", "secrets/drive-service-account.json"],
+                             cwd=repository, capture_output=True)
+    if checked.returncode != 128:  # 128: not a git checkout (an unpacked release)
+        assert checked.returncode == 0

@@ -7,24 +7,21 @@ to save the interpreter start-ups, with every path moved into a temporary folder
 from __future__ import annotations
 
 import json
-import os
-import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
-from affectnet_fixture import build_affectnet_archives
-from emotion_classifier import generator
+from affectnet_fixture import build_affectnet_archives, build_affectnet_npy_release
 from emotion_classifier import (
     acquire,
     cli,
     consolidate,
     demo,
     evaluation,
+    generator,
     inspect_images,
     labels,
     splits,
@@ -136,25 +133,28 @@ def test_sample_chain_runs_and_reruns_as_no_ops(tmp_path, monkeypatch):
 
 
 def test_unseen_affectnet_layout_runs_unchanged(tmp_path, monkeypatch):
-    """AffectNet's original release, as archives (split zip pieces), through the default config."""
-    monkeypatch.chdir(REPOSITORY)
-    downloads = build_affectnet_archives(tmp_path / "downloads")
+    """AffectNet's original release as users receive it: a download folder of archives (split zip
+    pieces, a zip of label files, a readme), through config/affectnet.toml as shipped."""
+    monkeypatch.chdir(tmp_path)  # the shipped sources = ["downloads/affectnet"] is relative to it
+    build_affectnet_archives(tmp_path / "downloads" / "affectnet")
     overrides = tmp_paths(tmp_path) + [
-        f"get_data.sources={json.dumps([str(path) for path in downloads])}",
         "split.valid_per_class=3",
         "model_4.image_size=32", "model_4.epochs=1", "model_4.batch_size=16",
         "model_6.image_size=32", "model_6.epochs=1", "model_6.weights=\"none\"", "model_6.batch_size=16",
     ]
-    run_chain("config/default.toml", overrides)
+    run_chain(str(REPOSITORY / "config" / "affectnet.toml"), overrides)
 
+    summary = json.loads((tmp_path / "reports" / "get_data_summary.json").read_text())
+    assert summary["archive_sets"] == [["Manually_Annotated_Images.zip.001", "Manually_Annotated_Images.zip.002",
+                                        "Manually_Annotated_Images.zip.003"], ["Manually_Annotated_file_lists.zip"]]
     processed = tmp_path / "data" / "processed"
     manifest = read_manifest(processed / "manifest.csv")
     # 7 emotions x (12 + 4) rows, plus 2 + 1 rows for each of the codes 7, 8, 9, 10.
     assert len(manifest) == 7 * 16 + 4 * 3
+    assert {Path(name).suffix for name in manifest["filename"]} == {".jpg", ".JPG", ".Png", ".jpeg", ".png"}
     assert set(manifest["label_id"]) == set(range(11))
     assert manifest["face_width"].notna().all()
     assert (manifest["face_width"] < manifest["image_width"]).all()
-    assert manifest.loc[manifest["label_id"] >= 8, "valence"].isna().all()
     assert manifest["landmarks"].str.count(";").eq(135).all()
 
     split_manifest = read_manifest(processed / "split_manifest.csv")
@@ -168,3 +168,22 @@ def test_unseen_affectnet_layout_runs_unchanged(tmp_path, monkeypatch):
     report = json.loads((tmp_path / "reports" / "model_4" / "evaluation.json").read_text())
     assert report["images"] == 6 * 4
     assert report["model_classes"] == ["neutral", "happy", "sad", "surprise", "fear", "anger"]
+
+
+def test_later_affectnet_npy_release_runs_through_the_data_stages(tmp_path, monkeypatch):
+    """The later release (face crops, .npy annotations) in the download folder, same config."""
+    monkeypatch.chdir(tmp_path)
+    build_affectnet_npy_release(tmp_path / "downloads" / "affectnet")
+    overrides = tmp_paths(tmp_path) + ["labels.layout=\"affectnet_npy\"", "split.valid_per_class=3"]
+    for script, function, section in STAGES[:5]:
+        status = cli.main(function, script, section, ["--config", str(REPOSITORY / "config" / "affectnet.toml"),
+                                                      *overrides])
+        assert status == 0, f"{script} exited with {status}"
+
+    manifest = read_manifest(tmp_path / "data" / "processed" / "manifest.csv")
+    assert len(manifest) == 7 * (10 + 4)
+    assert {Path(name).suffix for name in manifest["filename"]} == {".jpg", ".JPG", ".Png", ".jpeg", ".png"}
+    assert manifest.groupby("source_split").size().to_dict() == {"train": 70, "validation": 28}
+    assert manifest["valence"].notna().all() and manifest["landmarks"].str.count(";").eq(135).all()
+    split_manifest = read_manifest(tmp_path / "data" / "processed" / "split_manifest.csv")
+    assert set(split_manifest.loc[split_manifest["split"] == "test", "source_split"]) == {"validation"}

@@ -91,6 +91,12 @@ class GetDataConfig:
     drive_chunk_size_mb: int = 16
     # Extract archives after bringing them in.
     extract: bool = True
+    # Decompression-bomb limits, checked on the sizes an archive declares and on the bytes
+    # actually written: an archive set may expand to at most this many times its own size
+    # (beyond its first 16 MiB; JPEG and PNG images barely compress, text a few to tens of times)...
+    max_expansion_ratio: int = 100
+    # ...and to at most this many gigabytes (10^9 bytes) in all.
+    max_extracted_gb: int = 1000
 
 
 @dataclasses.dataclass
@@ -631,6 +637,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"split.test_fraction: must be in [0, 1), got {split.test_fraction}")
     if not 0.0 < split.max_valid_fraction <= 1.0:
         raise ConfigError(f"split.max_valid_fraction: must be in (0, 1], got {split.max_valid_fraction}")
+    if config.get_data.max_expansion_ratio < 1 or config.get_data.max_extracted_gb < 1:
+        raise ConfigError("get_data.max_expansion_ratio and get_data.max_extracted_gb: must be at least 1, got "
+                          f"{config.get_data.max_expansion_ratio} and {config.get_data.max_extracted_gb}")
     if split.valid_per_class < 0:
         raise ConfigError(f"split.valid_per_class: must not be negative, got {split.valid_per_class}")
     for name in ("model_4", "model_6"):

@@ -16,6 +16,7 @@ the end, so an interruption leaves the previous complete trees.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import tempfile
@@ -35,9 +36,20 @@ IGNORED_FOLDERS = frozenset({"__MACOSX"})
 DUPLICATE_COLUMNS = ["relative_path", "kind", "status", "kept", "skipped"]
 STAMP_NAME = ".consolidate.stamp.json"
 
+logger = logging.getLogger(__name__)
+
 
 def _is_ignored(name: str) -> bool:
     return name.startswith(".") or name in IGNORED_FOLDERS
+
+
+def _is_valid_name(name: str) -> bool:
+    """False for a name that is not valid UTF-8 (the label and manifest files are UTF-8)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def content_root(folder: Path, strip_single_top_folder: bool) -> Path:
@@ -94,6 +106,8 @@ class _Counts:
     non_image_files_skipped: int = 0
     duplicate_names: int = 0
     conflicts: int = 0
+    # Files and folders whose names are not valid UTF-8: skipped, with a warning naming each.
+    invalid_names_skipped: int = 0
 
 
 def _source_folders(extracted_root: Path) -> list[Path]:
@@ -105,6 +119,17 @@ def _source_folders(extracted_root: Path) -> list[Path]:
     if not folders:
         raise PipelineError(f"{extracted_root} holds no extracted dataset: run get_data.py first")
     return folders
+
+
+def _duplicate_row(kept: Path, skipped: Path, relative: str, kind: str, counts: _Counts) -> dict:
+    """The duplicates.csv row for a second file at an already placed path, counted."""
+    identical = files.same_content(kept, skipped)
+    if identical:
+        counts.duplicate_names += 1
+    else:
+        counts.conflicts += 1
+    return {"relative_path": relative, "kind": kind, "status": "duplicate" if identical else "conflict",
+            "kept": str(kept), "skipped": str(skipped)}
 
 
 def _consolidate(
@@ -121,10 +146,16 @@ def _consolidate(
         root = content_root(source, strip_single_top_folder)
         source_counts = {"name": source.name, "content_root": str(root), "images": 0, "label_files": 0}
         for directory, folder_names, file_names in os.walk(root):
-            folder_names[:] = sorted(name for name in folder_names if not _is_ignored(name))
+            invalid = [name for name in folder_names + file_names if not _is_valid_name(name)]
+            for name in invalid:
+                logger.warning("skipping %r: its name is not valid UTF-8", os.path.join(directory, name))
+            counts.invalid_names_skipped += len(invalid)
+            folder_names[:] = sorted(
+                name for name in folder_names if not _is_ignored(name) and _is_valid_name(name)
+            )
             relative_folder = Path(directory).relative_to(root)
             for name in sorted(file_names):
-                if _is_ignored(name):
+                if _is_ignored(name) or not _is_valid_name(name):
                     continue
                 progress.update()
                 suffix = Path(name).suffix.lower()
@@ -139,20 +170,7 @@ def _consolidate(
                 source_file = Path(directory) / name
                 kept = placed.get((kind, relative))
                 if kept is not None:
-                    identical = files.same_content(kept, source_file)
-                    if identical:
-                        counts.duplicate_names += 1
-                    else:
-                        counts.conflicts += 1
-                    duplicate_rows.append(
-                        {
-                            "relative_path": relative,
-                            "kind": kind,
-                            "status": "duplicate" if identical else "conflict",
-                            "kept": str(kept),
-                            "skipped": str(source_file),
-                        }
-                    )
+                    duplicate_rows.append(_duplicate_row(kept, source_file, relative, kind, counts))
                     continue
                 target = target_root / relative_folder / name
                 if target.parent not in created_folders:

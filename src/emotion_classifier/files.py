@@ -137,10 +137,10 @@ def tree_fingerprint(paths: list[str | Path]) -> str:
         root_path = Path(root)
         if root_path.is_file():
             stat = root_path.stat()
-            digest.update(f"{root}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{root}|{stat.st_size}|{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
             continue
         if not root_path.exists():
-            digest.update(f"{root}|missing\n".encode())
+            digest.update(f"{root}|missing\n".encode("utf-8", "surrogateescape"))
             continue
         for directory, folder_names, file_names in os.walk(root_path):
             folder_names.sort()
@@ -148,7 +148,7 @@ def tree_fingerprint(paths: list[str | Path]) -> str:
                 file_path = Path(directory) / name
                 stat = file_path.stat()
                 relative = file_path.relative_to(root_path)
-                digest.update(f"{root}/{relative}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+                digest.update(f"{root}/{relative}|{stat.st_size}|{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
