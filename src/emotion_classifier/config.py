@@ -349,16 +349,17 @@ class PredictConfig:
     # Classify the whole image (flagged "whole_image") when no face is found in it.
     classify_whole_if_no_face: bool = False
     # Images no larger than this on their longer side are face crops already (FER2013 is 48x48):
-    # when no face is found in one, it is classified whole and flagged, whatever the key above.
+    # they are classified whole and flagged "whole_image", without searching them for faces.
     face_crop_max_side: int = 64
     # Faces classified together in one batch.
     batch_size: int = 32
-    # Test-time augmentation, each face's probabilities averaged over its views (see
+    # Test-time augmentation of photos (video frames are classified one view each, and smoothed
+    # over time instead), each face's probabilities averaged over its views (see
     # [model_evaluation_4]): "none", "flip" (the face and its mirror), "flip_crops" (12 views)
     # or "model" (the views the model's decisions were calibrated with, in its model_info.json;
     # none for an uncalibrated model). On FER2013 val the shipped model scores 65.2% / 66.3%
-    # with flip / flip_crops (the model's; the GPU model shipped before session 18: 66.0% /
-    # 66.4%), and flip_crops costs 5 times the classifier time of flip (docs/predict.md).
+    # with flip / flip_crops (the model's), and flip_crops costs 5 times the classifier time of
+    # flip (docs/predict.md).
     test_time_augmentation: str = "flip"
     # Save a Grad-CAM heat map over each face beside the annotated image (needs the Keras model).
     explain: bool = False

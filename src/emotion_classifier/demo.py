@@ -38,6 +38,10 @@ FACE_TABLE_COLUMNS: list[str] = [
 ]
 # Bar charts per row of the probability figure.
 CHART_COLUMNS = 4
+# The demo clip (make_demo_clip): small enough to ship, long enough for a timeline.
+CLIP_SIZE = (640, 360)
+CLIP_SECONDS = 4.0
+CLIP_FPS = 15
 # The settings that predict_folder takes as its own arguments, not as overrides.
 FOLDER_SETTINGS = frozenset({"input", "model", "output_dir"})
 
@@ -198,6 +202,47 @@ def run(config: Config, force: bool = False) -> int:
     stamp.record(outputs)
     LOGGER.info("executed notebook: %s; faces: %s", executed_path, output_dir / predict.CSV_NAME)
     return 0
+
+
+def make_demo_clip(path: str | Path, seconds: float = CLIP_SECONDS, fps: int = CLIP_FPS) -> Path:
+    """Write the demo's short video: two public-domain portraits (scikit-image's astronaut, Eileen
+    Collins, NASA; matplotlib's Grace Hopper, US Navy) gliding across a 640x360 frame, the second
+    one tilting its head as it goes. ``images/demo_clip.mp4`` was made by this function."""
+    import cv2
+    import matplotlib
+    from PIL import Image
+    from skimage import data as skimage_data
+
+    portraits = [
+        np.asarray(Image.fromarray(skimage_data.astronaut()).resize((300, 300), Image.Resampling.LANCZOS)),
+        np.asarray(Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg")
+                   .convert("RGB").resize((200, 234), Image.Resampling.LANCZOS)),
+    ]
+    width, height = CLIP_SIZE
+    frame_count = int(seconds * fps)
+    path = Path(path)
+    with files.atomic_path(path) as temporary:
+        writer = cv2.VideoWriter(str(temporary), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        for number in range(frame_count):
+            progress = number / max(1, frame_count - 1)
+            frame = np.full((height, width, 3), (70, 80, 95), dtype=np.uint8)
+            # The astronaut moves right, Grace Hopper left and tilts up to 20 degrees.
+            _paste(frame, portraits[0], round(10 + 120 * progress), 30, 0.0)
+            _paste(frame, portraits[1], round(430 - 120 * progress), 70, 20.0 * np.sin(np.pi * progress))
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        writer.release()
+    return path
+
+
+def _paste(frame: np.ndarray, portrait: np.ndarray, left: int, top: int, angle: float) -> None:
+    """Paste ``portrait`` turned by ``angle`` degrees (about its centre) at (left, top)."""
+    import cv2
+
+    height, width = portrait.shape[:2]
+    rotation = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
+    turned = cv2.warpAffine(portrait, rotation, (width, height), borderMode=cv2.BORDER_REPLICATE)
+    region = frame[top:top + height, left:left + width]
+    region[...] = turned[:region.shape[0], :region.shape[1]]
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import os
 from pathlib import Path
 from typing import Protocol
 
@@ -50,8 +49,12 @@ RAW_SCORE_LIMIT = 80.0
 # in its neighbour; boxes found twice are merged by non-maximum suppression.
 TILE_OVERLAP = 0.25
 # A photo whose longer side is more than this many times its shorter side is also searched in
-# tiles (a letterboxed 16:9 frame keeps faces large enough; a wide group photo does not).
+# tiles (a wide group photo letterboxed whole leaves its faces few pixels). 16:9 video frames
+# stay below it, so a frame costs one pass of the model.
 TILE_ASPECT_LIMIT = 1.9
+# The model is small: one interpreter thread is as fast as two on 2 cores, and leaves the other
+# core to decoding and classification.
+INTERPRETER_THREADS = 1
 # Boxes overlapping more than this (intersection over union) are one face.
 NMS_IOU = 0.3
 
@@ -260,14 +263,14 @@ class BlazeFaceDetector:
     name = "blazeface"
     landmark_names = BLAZEFACE_LANDMARKS
 
-    def __init__(self, min_confidence: float = 0.5, detection_max_side: int = 640, threads: int | None = None):
+    def __init__(self, min_confidence: float = 0.5, detection_max_side: int = 640):
         from ai_edge_litert.interpreter import Interpreter
 
         if not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
         self.min_confidence = min_confidence
         self.detection_max_side = detection_max_side
-        self.interpreter = Interpreter(model_path=str(blazeface_model_path()), num_threads=threads or os.cpu_count())
+        self.interpreter = Interpreter(model_path=str(blazeface_model_path()), num_threads=INTERPRETER_THREADS)
         self.interpreter.allocate_tensors()
         self.input_index = self.interpreter.get_input_details()[0]["index"]
         outputs = sorted(self.interpreter.get_output_details(), key=lambda detail: -int(detail["shape"][-1]))

@@ -162,9 +162,11 @@ def predict(settings: PredictConfig, show_progress: bool = True) -> PredictionRe
         with stopwatch.measure("writing"):
             files.save_csv(output_dir / CSV_NAME, table)
             files.write_json(output_dir / JSON_NAME, {"classes": classifier.classes, "faces": rows})
+    # Video frames are classified one view each: smoothing over frames does the averaging, at
+    # half the classifier time of the mirrored pair.
     video_summaries = [
         video.analyse_video(path, output_dir / VIDEOS_FOLDER / _relative_name(path, input_path), detector,
-                            classifier, settings, views, show_progress)
+                            classifier, settings, ("none", views[1]), show_progress)
         for path in videos
     ]
     elapsed = time.perf_counter() - start
@@ -244,12 +246,13 @@ def _find_faces(path: Path, file: str, detector: detectors.FaceDetector, classif
             photo, scale = faces.read_photo(path, WORKING_MAX_SIDE)
         except Exception as error:  # noqa: BLE001 - any undecodable file is reported, not fatal
             return PhotoResult(path, file, UNREADABLE, error=f"{type(error).__name__}: {error}")
+    # A picture no larger than a face crop is one already (FER2013's are 48x48): classified whole.
+    is_face_crop = max(photo.shape[:2]) <= settings.face_crop_max_side
     with stopwatch.measure("detector"):
-        boxes = detector.detect(photo)
+        boxes = [] if is_face_crop else detector.detect(photo)
     result = PhotoResult(path, file, FACE if boxes else NO_FACE, photo=photo, boxes=boxes)
     with stopwatch.measure("cropping"):
         result.pictures = _face_pictures(path, photo, scale, boxes, classifier.image_size, settings)
-        is_face_crop = max(photo.shape[:2]) <= settings.face_crop_max_side
         if not boxes and (settings.classify_whole_if_no_face or is_face_crop):
             result.status = WHOLE_IMAGE
             result.pictures = [faces.FacePicture(photo, (0, 0, photo.shape[1], photo.shape[0]), False)]
