@@ -1,13 +1,14 @@
 """The demo: every face in a folder of pictures, labelled by the ``predict`` command's own code.
 
 ``predict_folder`` is what ``demo.ipynb`` calls. It runs ``predict.predict``, the same code as
-``emotion-predict images/``: each face is found by the detector, cropped with a margin and
+``emotion-predict images/``: each face is found by the detector, turned upright by its eyes and
 classified with the model's own preprocessing; pictures that are already tight face crops (such
-as FER2013's 48x48 images in ``images/``) are classified whole and flagged ``whole_image``. It
-writes the annotated copies, ``faces.csv``/``faces.json`` and the contact sheet.
-``plot_face_probabilities`` draws every face's class probabilities as bar charts. ``run`` is the
-demo stage: it executes the notebook headless and keeps the executed copy, with its outputs, as a
-report.
+as FER2013's 48x48 images in ``images/``) are classified whole and flagged ``whole_image``, and
+videos are analysed frame by frame. It writes the annotated copies, ``faces.csv``/``faces.json``,
+the contact sheet and each video's outputs. ``plot_face_probabilities`` draws every face's class
+probabilities as bar charts, ``video_faces_table`` tabulates a video's faces. ``run`` is the demo
+stage: it executes the notebook headless and keeps the executed copy, with its outputs, as a
+report. ``make_demo_clip`` made ``images/demo_clip.mp4``.
 """
 
 from __future__ import annotations
@@ -90,9 +91,10 @@ def predict_folder(
     if output_dir.resolve().is_relative_to(images_dir.resolve()):
         raise PipelineError(f"the output folder {output_dir} is inside the images folder {images_dir}; "
                             "choose one outside it")
-    if not faces.find_photos(images_dir):
+    if not any(faces.find_inputs(images_dir)):
         raise PipelineError(
-            f"no images in {images_dir} (looked for {', '.join(sorted(faces.PHOTO_SUFFIXES))})"
+            f"no images or videos in {images_dir} (looked for "
+            f"{', '.join(sorted(faces.PHOTO_SUFFIXES | faces.VIDEO_SUFFIXES))})"
         )
     settings = PredictConfig(input=str(images_dir), model=str(model_path), output_dir=str(output_dir),
                              **predict_overrides)
@@ -152,6 +154,15 @@ def plot_face_probabilities(table: pd.DataFrame, classes: list[str], path: str |
     path = Path(path)
     files.save_figure(path, figure)
     return path
+
+
+def video_faces_table(video_summary: dict) -> pd.DataFrame:
+    """One row per face of an analysed video: id, first and last time, analysed frames,
+    dominant emotion and the share of time in each emotion (from its summary)."""
+    rows = [{key: face[key] for key in ("face_id", "first_time", "last_time", "frames", "dominant_emotion")}
+            | {f"share_{name}": share for name, share in face["share_of_time"].items()}
+            for face in video_summary.get("faces", [])]
+    return pd.DataFrame(rows)
 
 
 def run(config: Config, force: bool = False) -> int:
