@@ -315,10 +315,10 @@ def test_small_faces_of_a_reduced_photo_are_cut_from_the_full_photo(tmp_path):
 def test_photos_are_read_a_bounded_number_of_pixels_at_a_time(tmp_path):
     side = predict.WORKING_MAX_SIDE
     for number in range(12):
-        Image.new("RGB", (side * 2, side), (number, 0, 0)).save(tmp_path / f"{number:02d}.jpg")
+        Image.new("RGB", (side * 2, side * 2), (number, 0, 0)).save(tmp_path / f"{number:02d}.jpg")
     (tmp_path / "broken.jpg").write_bytes(b"not a photo")
     chunks = list(predict._chunks(sorted(tmp_path.iterdir())))
     pixels = [sum(predict._reduced_pixels(path) for path in chunk) for chunk in chunks]
     assert sum(len(chunk) for chunk in chunks) == 13 and len(chunks) > 1
     assert max(pixels) <= predict.PIXELS_PER_CHUNK
-    assert predict._reduced_pixels(tmp_path / "00.jpg") == side * side // 2
+    assert predict._reduced_pixels(tmp_path / "00.jpg") == side * side
