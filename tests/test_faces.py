@@ -17,6 +17,7 @@ from emotion_classifier.config import PredictConfig
 
 # A real photograph that ships with matplotlib: Grace Hopper, one frontal face.
 GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+import shared_photos
 from fer_data import FER_ROOT
 EXIF_ORIENTATION_TAG = 0x0112
 # EXIF orientation 6: the stored pixels must be turned 90 degrees clockwise to be seen upright.
@@ -322,3 +323,15 @@ def test_photos_are_read_a_bounded_number_of_pixels_at_a_time(tmp_path):
     assert sum(len(chunk) for chunk in chunks) == 13 and len(chunks) > 1
     assert max(pixels) <= predict.PIXELS_PER_CHUNK
     assert predict._reduced_pixels(tmp_path / "00.jpg") == side * side
+
+
+@shared_photos.needs_photos[0]
+@shared_photos.needs_photos[1]
+def test_every_listed_face_of_the_real_photos_is_found_once_and_nothing_else():
+    bench = shared_photos.reference_faces()
+    detector = faces.build_detector(PredictConfig())
+    for name in bench.REFERENCE_FACES:
+        boxes = detector.detect(faces.load_photo(shared_photos.PHOTOS / name))
+        score = bench.score(name, boxes)
+        assert score["found"] == score["faces"] and score["duplicates"] == 0 and score["not_faces"] == 0, name
+        assert all(len(box.landmarks) == 6 for box in boxes)
