@@ -20,9 +20,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from common import FER_ROOT, REPORT_DIR, machine_description
 from PIL import Image
 
-from common import FER_ROOT, REPORT_DIR, machine_description  # noqa: F401  (puts src/ on the path)
 from emotion_classifier import classes as class_names
 from emotion_classifier import files, model_io, predict
 from emotion_classifier.config import PredictConfig

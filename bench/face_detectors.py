@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import PROJECT_ROOT, REPORT_DIR, machine_description  # noqa: F401  (puts src/ on the path)
+from common import PROJECT_ROOT, REPORT_DIR, machine_description
+
 from emotion_classifier import detectors, faces, files, predict
 from emotion_classifier.config import PredictConfig
 

@@ -18,8 +18,8 @@ import tempfile
 from pathlib import Path
 
 import cv2
+from common import PROJECT_ROOT, REPORT_DIR, machine_description
 
-from common import PROJECT_ROOT, REPORT_DIR, machine_description  # noqa: F401  (puts src/ on the path)
 from emotion_classifier import files, predict
 from emotion_classifier.config import PredictConfig
 

@@ -12,12 +12,12 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+from model_fixtures import save_tiny_model
 from PIL import Image
 
 from emotion_classifier import demo, model_io, notebook, predict
 from emotion_classifier.cli import PipelineError
 from emotion_classifier.config import Config
-from model_fixtures import save_tiny_model
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import matplotlib
 import numpy as np
 import pytest
 from PIL import Image
 
-import cv2
-
-from emotion_classifier import alignment, detectors, faces, predict
+from emotion_classifier import alignment, detectors, faces
 from emotion_classifier.cli import PipelineError
 from emotion_classifier.config import PredictConfig
 
@@ -19,6 +18,7 @@ from emotion_classifier.config import PredictConfig
 GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 import shared_photos
 from fer_data import FER_ROOT
+
 EXIF_ORIENTATION_TAG = 0x0112
 # EXIF orientation 6: the stored pixels must be turned 90 degrees clockwise to be seen upright.
 ROTATE_CLOCKWISE_ON_DISPLAY = 6
@@ -305,8 +305,8 @@ def test_small_faces_of_a_reduced_photo_are_cut_from_the_full_photo(tmp_path):
     Image.fromarray(grace_hopper()).save(path)
     reduced, scale = faces.read_photo(path, 200)
     (box,) = faces.build_detector(PredictConfig()).detect(reduced)
-    assert max(box.width, box.height) < predict.FULL_RESOLUTION_FACE_SIDE
-    (picture,) = predict._face_pictures(path, reduced, scale, [box], 48, PredictConfig(align_faces=False))
+    assert max(box.width, box.height) < faces.FULL_RESOLUTION_FACE_SIDE
+    (picture,) = faces.face_pictures(path, reduced, scale, [box], 0.05, False, 48)
     from_reduced = faces.face_picture(reduced, box, 0.05, False, 48)
     assert picture.picture.shape[0] > 2 * from_reduced.picture.shape[0]
     # Its region stays in the reduced copy's pixels, where its box is drawn.
@@ -314,15 +314,15 @@ def test_small_faces_of_a_reduced_photo_are_cut_from_the_full_photo(tmp_path):
 
 
 def test_photos_are_read_a_bounded_number_of_pixels_at_a_time(tmp_path):
-    side = predict.WORKING_MAX_SIDE
+    side = faces.WORKING_MAX_SIDE
     for number in range(12):
         Image.new("RGB", (side * 2, side * 2), (number, 0, 0)).save(tmp_path / f"{number:02d}.jpg")
     (tmp_path / "broken.jpg").write_bytes(b"not a photo")
-    chunks = list(predict._chunks(sorted(tmp_path.iterdir())))
-    pixels = [sum(predict._reduced_pixels(path) for path in chunk) for chunk in chunks]
+    chunks = list(faces.photo_chunks(sorted(tmp_path.iterdir())))
+    pixels = [sum(faces.working_pixels(path) for path in chunk) for chunk in chunks]
     assert sum(len(chunk) for chunk in chunks) == 13 and len(chunks) > 1
-    assert max(pixels) <= predict.PIXELS_PER_CHUNK
-    assert predict._reduced_pixels(tmp_path / "00.jpg") == side * side
+    assert max(pixels) <= faces.PIXELS_PER_CHUNK
+    assert faces.working_pixels(tmp_path / "00.jpg") == side * side
 
 
 @shared_photos.needs_photos[0]

@@ -10,12 +10,12 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import shared_photos
+from model_fixtures import save_tiny_model
 
 from emotion_classifier import demo, predict, tracking, video
 from emotion_classifier.config import PredictConfig
 from emotion_classifier.detectors import FaceBox
-import shared_photos
-from model_fixtures import save_tiny_model
 
 CLASSES = ["neutral", "happy", "sad"]
 CLIP_FPS = 10

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -20,10 +21,24 @@ from PIL import Image, ImageOps
 
 from emotion_classifier import alignment, equalization
 from emotion_classifier.cli import PipelineError
-from emotion_classifier.detectors import FaceBox, FaceDetector, HaarFaceDetector, build_detector  # noqa: F401
+from emotion_classifier.detectors import (  # noqa: F401
+    FaceBox,
+    FaceDetector,
+    HaarFaceDetector,
+    build_detector,
+)
 
 # Suffixes ``find_photos`` picks up; Pillow reads all of them.
 PHOTO_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+# Photos read and detected before their faces are classified together: large enough for full
+# batches; the pixel budget keeps a chunk of large photos within a few hundred megabytes.
+PHOTOS_PER_CHUNK = 32
+PIXELS_PER_CHUNK = 40_000_000
+# Photos are decoded at most this many pixels a side (large JPEGs at a reduced scale by the
+# codec): enough for every face the detector finds at its 640-pixel copy.
+WORKING_MAX_SIDE = 2048
+# A face smaller than this (pixels a side) in a reduced copy is cut from the full-size photo.
+FULL_RESOLUTION_FACE_SIDE = 96
 # Suffixes ``find_inputs`` takes for videos; OpenCV's FFmpeg reads all of them.
 VIDEO_SUFFIXES: frozenset[str] = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"})
 
@@ -174,3 +189,47 @@ def face_picture(photo: np.ndarray, box: FaceBox, margin: float, align: bool, mi
     left, top, right, bottom = region
     # A copy, so that keeping the face does not keep the whole photo in memory.
     return FacePicture(photo[top:bottom, left:right].copy(), region, False)
+
+
+def face_pictures(path: Path, photo: np.ndarray, scale: float, boxes: list[FaceBox], margin: float, align: bool,
+                  minimum_side: int) -> list[FacePicture]:
+    """Each face's picture (``face_picture``) from ``photo``, the photo at ``path`` read at
+    ``scale``; faces smaller than ``FULL_RESOLUTION_FACE_SIDE`` there are cut from the full-size
+    photo instead (read once, then let go). Regions stay in ``photo``'s pixels."""
+    pictures = [face_picture(photo, box, margin, align, minimum_side) for box in boxes]
+    small = [index for index, box in enumerate(boxes) if max(box.width, box.height) < FULL_RESOLUTION_FACE_SIDE]
+    if scale < 1.0 and small:
+        full = load_photo(path)
+        for index in small:
+            picture = face_picture(full, scale_box(boxes[index], 1.0 / scale), margin, align, minimum_side)
+            pictures[index] = dataclasses.replace(picture, region=pictures[index].region)
+        del full
+    return pictures
+
+
+def photo_chunks(photos: list[Path]) -> Iterator[list[Path]]:
+    """Consecutive groups of photos, each at most ``PHOTOS_PER_CHUNK`` photos and (after its
+    first photo) ``PIXELS_PER_CHUNK`` pixels of their working copies."""
+    chunk: list[Path] = []
+    pixels = 0
+    for path in photos:
+        size = working_pixels(path)
+        if chunk and (len(chunk) >= PHOTOS_PER_CHUNK or pixels + size > PIXELS_PER_CHUNK):
+            yield chunk
+            chunk, pixels = [], 0
+        chunk.append(path)
+        pixels += size
+    if chunk:
+        yield chunk
+
+
+def working_pixels(path: Path) -> int:
+    """The pixels of a photo's working copy (at most ``WORKING_MAX_SIDE`` a side), from its
+    header only; 0 when it cannot be read (that is reported when it is read)."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001 - any unreadable file is reported by read_photo
+        return 0
+    ratio = min(1.0, WORKING_MAX_SIDE / max(width, height, 1))
+    return int(width * ratio) * int(height * ratio)

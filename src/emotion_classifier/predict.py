@@ -19,9 +19,9 @@ in ``[predict]``). The output folder receives:
   per-face summary (``emotion_classifier.video``);
 - ``summary.json``: counts, and the time spent detecting, classifying and writing.
 
-Photos are decoded at most ``WORKING_MAX_SIDE`` pixels a side and handled a bounded number of
-pixels at a time, so memory stays flat whatever the photos; a face too small in that copy is cut
-from the full-size photo. ``--tflite PATH`` classifies with a TFLite model written by the export
+Photos are decoded at most ``faces.WORKING_MAX_SIDE`` pixels a side and handled a bounded number
+of pixels at a time (``faces.photo_chunks``), so memory stays flat whatever the photos; a face
+too small in that copy is cut from the full-size photo. ``--tflite PATH`` classifies with a TFLite model written by the export
 stage, through the LiteRT interpreter (``ai-edge-litert``) and without importing TensorFlow,
 unless ``--explain`` asks for Grad-CAM, which needs the Keras model.
 """
@@ -39,9 +39,23 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from emotion_classifier import annotate, cli, classifiers, detectors, faces, files, model_io, video
+from emotion_classifier import (
+    annotate,
+    classifiers,
+    cli,
+    detectors,
+    faces,
+    files,
+    model_io,
+    video,
+)
 from emotion_classifier.classifiers import (  # noqa: F401  (the names predict's callers use)
-    PROBABILITY_PREFIX, FaceClassifier, KerasFaceClassifier, build_classifier, calibrated_views, prediction_views,
+    PROBABILITY_PREFIX,
+    FaceClassifier,
+    KerasFaceClassifier,
+    build_classifier,
+    calibrated_views,
+    prediction_views,
 )
 from emotion_classifier.cli import PipelineError
 from emotion_classifier.config import Config, PredictConfig
@@ -57,15 +71,6 @@ STAMP_NAME = ".predict_stamp.json"
 ANNOTATED_FOLDER = "annotated"
 VIDEOS_FOLDER = "videos"
 
-# Photos read and detected before their faces are classified together: large enough for full
-# batches; the pixel budget keeps a chunk of large photos within a few hundred megabytes.
-PHOTOS_PER_CHUNK = 32
-PIXELS_PER_CHUNK = 40_000_000
-# Photos are decoded at most this many pixels a side (large JPEGs at a reduced scale by the
-# codec): enough for every face the detector finds at its 640-pixel copy.
-WORKING_MAX_SIDE = 2048
-# A face smaller than this (pixels a side) in a reduced copy is cut from the full-size photo.
-FULL_RESOLUTION_FACE_SIDE = 96
 TEST_TIME_AUGMENTATIONS: tuple[str, ...] = ("model", "none", "flip", "flip_crops")
 
 # Row statuses.
@@ -176,35 +181,6 @@ def predict(settings: PredictConfig, show_progress: bool = True) -> PredictionRe
     return PredictionResult(table, output_dir, annotated_paths, gradcam_paths, summary, video_summaries)
 
 
-def _chunks(photos: list[Path]):
-    """Consecutive groups of photos, each at most ``PHOTOS_PER_CHUNK`` photos and (after its
-    first photo) ``PIXELS_PER_CHUNK`` pixels of their reduced copies."""
-    chunk: list[Path] = []
-    pixels = 0
-    for path in photos:
-        size = _reduced_pixels(path)
-        if chunk and (len(chunk) >= PHOTOS_PER_CHUNK or pixels + size > PIXELS_PER_CHUNK):
-            yield chunk
-            chunk, pixels = [], 0
-        chunk.append(path)
-        pixels += size
-    if chunk:
-        yield chunk
-
-
-def _reduced_pixels(path: Path) -> int:
-    """The pixels of a photo's working copy, from its header only (0 when it cannot be read)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except Exception:  # noqa: BLE001 - an unreadable file is reported when it is read
-        return 0
-    ratio = min(1.0, WORKING_MAX_SIDE / max(width, height, 1))
-    return int(width * ratio) * int(height * ratio)
-
-
 def _predict_photos(photos, input_path, output_dir, models, settings, stopwatch, views, show_progress):
     """Every photo, chunk by chunk: detect, classify, explain, draw; return the rows and pictures."""
     detector, classifier, explainer = models
@@ -213,7 +189,7 @@ def _predict_photos(photos, input_path, output_dir, models, settings, stopwatch,
     gradcam_paths: list[Path] = []
     sheet_tiles: list[tuple[np.ndarray, str]] = []
     progress = tqdm(total=len(photos), desc="predict", unit="photo", disable=not show_progress or not photos)
-    for chunk in _chunks(photos):
+    for chunk in faces.photo_chunks(photos):
         results = [_find_faces(path, _relative_name(path, input_path), detector, classifier, settings, stopwatch)
                    for path in chunk]
         _classify(results, classifier, settings.batch_size, stopwatch, views)
@@ -243,7 +219,7 @@ def _find_faces(path: Path, file: str, detector: detectors.FaceDetector, classif
     """Read one photo (reduced when large) and detect its faces; decide what gets classified."""
     with stopwatch.measure("reading"):
         try:
-            photo, scale = faces.read_photo(path, WORKING_MAX_SIDE)
+            photo, scale = faces.read_photo(path, faces.WORKING_MAX_SIDE)
         except Exception as error:  # noqa: BLE001 - any undecodable file is reported, not fatal
             return PhotoResult(path, file, UNREADABLE, error=f"{type(error).__name__}: {error}")
     # A picture no larger than a face crop is one already (FER2013's are 48x48): classified whole.
@@ -252,32 +228,14 @@ def _find_faces(path: Path, file: str, detector: detectors.FaceDetector, classif
         boxes = [] if is_face_crop else detector.detect(photo)
     result = PhotoResult(path, file, FACE if boxes else NO_FACE, photo=photo, boxes=boxes)
     with stopwatch.measure("cropping"):
-        result.pictures = _face_pictures(path, photo, scale, boxes, classifier.image_size, settings)
+        result.pictures = faces.face_pictures(path, photo, scale, boxes, settings.face_margin, settings.align_faces,
+                                              classifier.image_size)
         if not boxes and (settings.classify_whole_if_no_face or is_face_crop):
             result.status = WHOLE_IMAGE
             result.pictures = [faces.FacePicture(photo, (0, 0, photo.shape[1], photo.shape[0]), False)]
         result.crops = [faces.model_input(face.picture, classifier.image_size, classifier.channels,
                                           classifier.equalize_histogram) for face in result.pictures]
     return result
-
-
-def _face_pictures(path: Path, photo: np.ndarray, scale: float, boxes: list[faces.FaceBox], image_size: int,
-                   settings: PredictConfig) -> list[faces.FacePicture]:
-    """Each face's picture, from the reduced copy, or from the full-size photo (read once, then
-    let go) for faces smaller than ``FULL_RESOLUTION_FACE_SIDE`` in the copy."""
-    def cut(source: np.ndarray, box: faces.FaceBox) -> faces.FacePicture:
-        return faces.face_picture(source, box, settings.face_margin, settings.align_faces, image_size)
-
-    pictures = [cut(photo, box) for box in boxes]
-    small = [index for index, box in enumerate(boxes) if max(box.width, box.height) < FULL_RESOLUTION_FACE_SIDE]
-    if scale < 1.0 and small:
-        full = faces.load_photo(path)
-        for index in small:
-            picture = cut(full, faces.scale_box(boxes[index], 1.0 / scale))
-            # The region stays in the reduced copy's pixels, where the boxes are drawn.
-            pictures[index] = dataclasses.replace(picture, region=pictures[index].region)
-        del full
-    return pictures
 
 
 def _classify(results: list[PhotoResult], classifier: FaceClassifier, batch_size: int,
