@@ -31,9 +31,9 @@ from emotion_classifier.detectors import (  # noqa: F401
 # Suffixes ``find_photos`` picks up; Pillow reads all of them.
 PHOTO_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 # Photos read and detected before their faces are classified together: large enough for full
-# batches; the pixel budget keeps a chunk of large photos within a few hundred megabytes.
+# batches; the pixel budget keeps a chunk of large photos under about 100 megabytes.
 PHOTOS_PER_CHUNK = 32
-PIXELS_PER_CHUNK = 40_000_000
+PIXELS_PER_CHUNK = 24_000_000
 # Photos are decoded at most this many pixels a side (large JPEGs at a reduced scale by the
 # codec): enough for every face the detector finds at its 640-pixel copy.
 WORKING_MAX_SIDE = 2048
