@@ -24,6 +24,7 @@ import contextlib
 import csv
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -48,6 +49,8 @@ TIMELINE_PATTERN = "timeline_face_{}.png"
 FRAMES_PER_BLOCK = 16
 # MPEG-4 part 2, which every OpenCV wheel can write and every player reads.
 VIDEO_CODEC = "mp4v"
+# FFmpeg's log level "quiet".
+FFMPEG_QUIET = "-8"
 # A video whose header promises more frames than could be read, beyond this many, was cut short.
 MISSING_FRAMES_TOLERANCE = 2
 
@@ -63,6 +66,9 @@ def analyse_video(path: Path, output_dir: Path, detector, classifier: classifier
                   settings: PredictConfig, views: tuple[str, float], show_progress: bool = True) -> dict:
     """Analyse one video (see the module's docstring); return its summary (also written as
     ``summary.json``). Problems with the file are reported in the summary, never raised."""
+    # FFmpeg's own messages about a damaged file would add lines to the one that reports it.
+    # OpenCV reads this when it first opens a video; a value the user set stays.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", FFMPEG_QUIET)
     capture = cv2.VideoCapture(str(path))
     summary: dict = {"video": str(path), "output_dir": str(output_dir)}
     if not capture.isOpened():
@@ -102,7 +108,6 @@ class _NoFrames(Exception):
 
 def _failed(summary: dict, message: str) -> dict:
     """Report an unusable video in one line; the summary carries the reason."""
-    LOGGER.error(message)
     print(f"SKIPPED {message}")
     summary["error"] = message
     summary["frames_analysed"] = 0
