@@ -72,6 +72,9 @@ def test_annotated_video_timelines_and_summary_are_written(analysed):
         assert sum(face["share_of_time"].values()) == pytest.approx(1.0, abs=1e-3)
         assert face["dominant_emotion"] == max(face["share_of_time"], key=face["share_of_time"].get)
     assert json.loads((analysed.output_dir / predict.SUMMARY_NAME).read_text())["videos"][0]["frames_analysed"] == 20
+    # A video alone: no photo tables.
+    assert not (analysed.output_dir / predict.CSV_NAME).exists()
+    assert not (analysed.output_dir / predict.CONTACT_SHEET_NAME).exists()
 
 
 def test_frames_are_analysed_at_the_configured_rate(clip, model_path, tmp_path):
@@ -104,6 +107,7 @@ def test_broken_videos_are_reported_and_the_rest_goes_on(clip, model_path, tmp_p
         assert not (tmp_path / "out" / predict.VIDEOS_FOLDER / name).exists()
     assert "error" not in summaries["good.mp4"] and summaries["good.mp4"]["frames_analysed"] > 0
     assert "4 videos (3 unreadable)" in output and "1 photos, 2 faces" in output
+    assert len(pd.read_csv(tmp_path / "out" / predict.CSV_NAME)) == 2
 
 
 def test_tracker_keeps_ids_while_faces_move_and_closes_lost_ones():

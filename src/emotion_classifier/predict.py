@@ -161,28 +161,29 @@ def predict(settings: PredictConfig, show_progress: bool = True) -> PredictionRe
     start = time.perf_counter()
     written = _predict_photos(photos, input_path, output_dir, (detector, classifier, explainer), settings,
                               stopwatch, views, show_progress)
-    rows, annotated_paths, gradcam_paths = written
+    rows, annotated_paths, gradcam_paths, sheet_tiles = written
     table = _table(rows, classifier.classes, detector.landmark_names)
+    # A run on videos alone writes no (empty) photo tables.
     if photos or not videos:
         with stopwatch.measure("writing"):
             files.save_csv(output_dir / CSV_NAME, table)
             files.write_json(output_dir / JSON_NAME, {"classes": classifier.classes, "faces": rows})
+            annotate.write_contact_sheet(output_dir / CONTACT_SHEET_NAME, sheet_tiles)
+    summary = _summary(table, photos, time.perf_counter() - start, stopwatch, settings, detector.name, views[0])
     # Video frames are classified one view each: smoothing over frames does the averaging, at
     # half the classifier time of the mirrored pair.
-    video_summaries = [
+    summary["videos"] = [
         video.analyse_video(path, output_dir / VIDEOS_FOLDER / _relative_name(path, input_path), detector,
                             classifier, settings, ("none", views[1]), show_progress)
         for path in videos
     ]
-    elapsed = time.perf_counter() - start
-    summary = _summary(table, photos, elapsed, stopwatch, settings, detector.name, views[0])
-    summary["videos"] = video_summaries
     files.write_json(output_dir / SUMMARY_NAME, summary)
-    return PredictionResult(table, output_dir, annotated_paths, gradcam_paths, summary, video_summaries)
+    return PredictionResult(table, output_dir, annotated_paths, gradcam_paths, summary, summary["videos"])
 
 
 def _predict_photos(photos, input_path, output_dir, models, settings, stopwatch, views, show_progress):
-    """Every photo, chunk by chunk: detect, classify, explain, draw; return the rows and pictures."""
+    """Every photo, chunk by chunk: detect, classify, explain, draw; return the rows, the pictures
+    written and the contact sheet's tiles."""
     detector, classifier, explainer = models
     rows: list[dict] = []
     annotated_paths: list[Path] = []
@@ -204,10 +205,7 @@ def _predict_photos(photos, input_path, output_dir, models, settings, stopwatch,
                 _collect_tiles(result, classifier.classes, sheet_tiles)
         progress.update(len(chunk))
     progress.close()
-    if photos or not input_path.is_file():
-        with stopwatch.measure("writing"):
-            annotate.write_contact_sheet(output_dir / CONTACT_SHEET_NAME, sheet_tiles)
-    return rows, annotated_paths, gradcam_paths
+    return rows, annotated_paths, gradcam_paths, sheet_tiles
 
 
 def _relative_name(path: Path, input_path: Path) -> str:
