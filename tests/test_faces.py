@@ -335,3 +335,19 @@ def test_every_listed_face_of_the_real_photos_is_found_once_and_nothing_else():
         score = bench.score(name, boxes)
         assert score["found"] == score["faces"] and score["duplicates"] == 0 and score["not_faces"] == 0, name
         assert all(len(box.landmarks) == 6 for box in boxes)
+
+
+def test_gradcam_of_an_aligned_face_is_laid_over_the_turned_square_it_came_from():
+    from emotion_classifier import gradcam
+
+    photo = turned(grace_hopper(), 25)
+    (box,) = faces.build_detector(PredictConfig()).detect(photo)
+    face = faces.face_picture(photo, box, 0.05, True, 48)
+    explained = gradcam.overlay_aligned_heatmap(photo, np.ones((6, 6)), face.matrix, face.picture.shape[0])
+    changed = np.abs(explained.astype(int) - photo).sum(axis=2) > 0
+    left, right = alignment.eye_points(box)
+    middle_x, middle_y = ((left + right) / 2).round().astype(int)
+    assert changed[middle_y, middle_x] and not changed[0, 0] and not changed[-1, -1]
+    # The covered area is the aligned square, scaled back to the photo's pixels.
+    scale = np.sqrt(abs(np.linalg.det(face.matrix[:, :2])))
+    assert changed.sum() == pytest.approx((face.picture.shape[0] / scale) ** 2, rel=0.1)

@@ -171,11 +171,13 @@ def scale_box(box: FaceBox, factor: float) -> FaceBox:
 @dataclasses.dataclass
 class FacePicture:
     """A face cut from a photo: the RGB ``uint8`` picture the model input is made from, the
-    photo region it came from, and whether it was turned upright by its eyes."""
+    photo region it came from, whether it was turned upright by its eyes, and then the 2x3
+    affine map from photo pixels to the picture's."""
 
     picture: np.ndarray
     region: tuple[int, int, int, int]
     aligned: bool
+    matrix: np.ndarray | None = None
 
 
 def face_picture(photo: np.ndarray, box: FaceBox, margin: float, align: bool, minimum_side: int) -> FacePicture:
@@ -185,7 +187,7 @@ def face_picture(photo: np.ndarray, box: FaceBox, margin: float, align: bool, mi
     if align:
         aligned = alignment.aligned_face(photo, box, minimum_side)
         if aligned is not None:
-            return FacePicture(aligned[0], region, True)
+            return FacePicture(aligned[0], region, True, aligned[1])
     left, top, right, bottom = region
     # A copy, so that keeping the face does not keep the whole photo in memory.
     return FacePicture(photo[top:bottom, left:right].copy(), region, False)
@@ -202,7 +204,9 @@ def face_pictures(path: Path, photo: np.ndarray, scale: float, boxes: list[FaceB
         full = load_photo(path)
         for index in small:
             picture = face_picture(full, scale_box(boxes[index], 1.0 / scale), margin, align, minimum_side)
-            pictures[index] = dataclasses.replace(picture, region=pictures[index].region)
+            # From full-size pixels back to the reduced copy's: the map's linear part grows by 1 / scale.
+            matrix = None if picture.matrix is None else np.hstack([picture.matrix[:, :2] / scale, picture.matrix[:, 2:]])
+            pictures[index] = dataclasses.replace(picture, region=pictures[index].region, matrix=matrix)
         del full
     return pictures
 

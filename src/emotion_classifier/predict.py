@@ -298,8 +298,11 @@ def _write_pictures(result: PhotoResult, output_dir: Path, classes: list[str]) -
     from emotion_classifier import gradcam
 
     explained = photo.copy()
-    # The heat map is laid over the face's box (for an aligned face, its upright crop's map).
+    # Over the face's box, or for an aligned face over the turned square it was cut from.
     for face, heatmap in zip(result.pictures, result.heatmaps):
+        if face.matrix is not None:
+            explained = gradcam.overlay_aligned_heatmap(explained, heatmap, face.matrix, face.picture.shape[0])
+            continue
         left, top, right, bottom = face.region
         explained[top:bottom, left:right] = gradcam.overlay_heatmap(photo[top:bottom, left:right], heatmap)
     explained_path = _annotated_path(output_dir, result.file, "gradcam")
