@@ -5,9 +5,9 @@ Makes ``--photos`` JPEGs of ``--megapixels`` megapixels (7360x4912 for 36: a ful
 photo), each a smooth background with a real face (Grace Hopper's portrait, shipped with
 matplotlib) enlarged onto it, then runs ``emotion-predict`` on the folder in a separate process
 with the shipped model and reports that process's peak resident memory (``ru_maxrss``) and its
-time. Writes reports/bench/predict_memory.json.
+time. Writes reports/bench/<--output, default predict_memory>.json.
 
-    python bench/predict_memory.py [--photos 32] [--megapixels 36]
+    python bench/predict_memory.py [--photos 32] [--megapixels 36] [--output NAME]
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--photos", type=int, default=32)
     parser.add_argument("--megapixels", type=float, default=36.0)
+    parser.add_argument("--output", default="predict_memory", help="report name in reports/bench/")
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="predict_memory_") as temporary:
         work = Path(temporary)
@@ -74,7 +75,7 @@ def main() -> None:
     report = {"machine": machine_description(), "photos": arguments.photos, "photo_size": f"{width}x{height}",
               "faces_found": summary["faces"], "peak_resident_megabytes": round(peak_megabytes, 1),
               "seconds": round(seconds, 1), "command": "emotion-predict <folder> --output <out>"}
-    files.write_json(REPORT_DIR / "predict_memory.json", report)
+    files.write_json(REPORT_DIR / f"{arguments.output}.json", report)
     print(f"{arguments.photos} photos of {width}x{height}: {summary['faces']} faces, peak memory "
           f"{peak_megabytes:.0f} MB, {seconds:.1f} s")
 
