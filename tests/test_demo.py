@@ -12,12 +12,12 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+from model_fixtures import save_tiny_model
 from PIL import Image
 
-from emotion_classifier import demo, model_io, notebook, predict
+from emotion_classifier import demo, model_io, notebook, predict, runs
 from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import Config
-from model_fixtures import save_tiny_model
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
@@ -40,7 +40,8 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pictures(tmp_path_factory) -> Path:
-    """A real portrait in several colour modes, a FER2013 face crop, a faceless CMYK picture, a broken file."""
+    """A real portrait in several colour modes, a FER2013 face crop, a faceless CMYK picture, a broken
+    file and a short clip of two moving portraits."""
     folder = tmp_path_factory.mktemp("pictures")
     (folder / "fer").mkdir()
     portrait = Image.open(GRACE_HOPPER).convert("RGB")
@@ -55,6 +56,7 @@ def pictures(tmp_path_factory) -> Path:
     Image.new("CMYK", (160, 120), (0, 255, 255, 0)).save(folder / "cmyk_wall.jpeg")
     (folder / "broken.jpg").write_bytes(b"this is not a JPEG")
     (folder / "notes.txt").write_text("not a picture, ignored")
+    demo.make_demo_clip(folder / "clip.mp4", seconds=1.0, fps=6)
     return folder
 
 
@@ -68,6 +70,9 @@ def test_predict_folder_labels_every_face_and_flags_the_rest(folder_result):
     assert {path.parent.name for path in folder_result.annotated} == {"annotated", "fer"}
     statuses = table.groupby("file")["status"].agg(set).to_dict()
     assert statuses == {file: {status} for file, status in EXPECTED_STATUS.items()}
+    (clip,) = folder_result.videos
+    assert clip["frames_analysed"] == 6 and [face["face_id"] for face in clip["faces"]] == [0, 1]
+    assert list(demo.video_faces_table(clip)["face_id"]) == [0, 1]
 
     faces = table[table["status"] == predict.FACE]
     assert set(faces["file"]) == {"portrait.jpg", "gray_portrait.jpg", "transparent_portrait.png"}
@@ -134,9 +139,9 @@ def test_default_model_is_the_shipped_one_when_it_exists(tiny_model, tmp_path, m
     config = Config()
     config.paths.models_dir = str(tmp_path / "models")
     monkeypatch.setattr(model_io, "SHIPPED_MODEL_PATH", tmp_path / "shipped" / "model.keras")
-    assert demo.default_model_path(config) == tmp_path / "models" / config.model_4.run_name / "best.keras"
+    assert runs.default_model_path(config) == tmp_path / "models" / config.model_4.run_name / "best.keras"
     monkeypatch.setattr(model_io, "SHIPPED_MODEL_PATH", tiny_model)
-    assert demo.default_model_path(config) == tiny_model
+    assert runs.default_model_path(config) == tiny_model
 
 
 def test_inject_parameters_replaces_defaults_and_refuses_unknown_names():
@@ -193,10 +198,11 @@ def test_demo_stage_executes_the_notebook_headless(tiny_model, pictures, tmp_pat
               if output.get("output_type") == "display_data" and "text/html" in output.get("data", {})]
     assert tables and all(file in tables[0] for file in EXPECTED_STATUS)
     assert "detector_confidence" in tables[0] and predict.WHOLE_IMAGE in tables[0]
-    # Five annotated pictures, the contact sheet and the probability chart.
+    # Five annotated pictures, the contact sheet, the probability chart and the clip's two timelines.
     pictures_shown = [output for output in outputs if "image/png" in output.get("data", {})
                       or "image/jpeg" in output.get("data", {})]
-    assert len(pictures_shown) == 7
+    assert len(pictures_shown) == 9
+    assert "dominant_emotion" in tables[-1] and "share_happy" in tables[-1]
     for name in (predict.CSV_NAME, predict.JSON_NAME, predict.CONTACT_SHEET_NAME, demo.PROBABILITY_CHART_NAME):
         assert (output / name).is_file(), name
 

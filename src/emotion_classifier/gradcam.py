@@ -151,3 +151,17 @@ def overlay_heatmap(region: np.ndarray, heatmap: np.ndarray, opacity: float = 0.
     colours = cv2.cvtColor(cv2.applyColorMap(levels, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
     blended = region.astype(np.float32) * (1.0 - opacity) + colours.astype(np.float32) * opacity
     return np.clip(blended, 0, 255).astype(np.uint8)
+
+
+def overlay_aligned_heatmap(photo: np.ndarray, heatmap: np.ndarray, matrix: np.ndarray, side: int,
+                            opacity: float = 0.45) -> np.ndarray:
+    """Blend the heat map of an aligned face (a ``side`` x ``side`` picture cut from ``photo`` by
+    the affine ``matrix``) back over the photo, turned as the face is; returns a new photo."""
+    height, width = photo.shape[:2]
+    picture_map = cv2.resize(heatmap.astype(np.float32), (side, side), interpolation=cv2.INTER_LINEAR)
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    in_photo = cv2.warpAffine(picture_map, matrix, (width, height), flags=flags, borderValue=0.0)
+    covered = cv2.warpAffine(np.ones((side, side), np.float32), matrix, (width, height), flags=flags,
+                             borderValue=0.0) > 0.5
+    blended = overlay_heatmap(photo, in_photo, opacity)
+    return np.where(covered[..., np.newaxis], blended, photo)

@@ -48,12 +48,13 @@ def best_model_path(config, section_name: str) -> Path:
     return Path(config.paths.models) / getattr(config, section_name).run_name / BEST_MODEL_NAME
 
 
-def default_model_path(config) -> Path:
-    """The model a stage uses when no setting names one: the shipped model, trained on all of
-    FER2013 for faces from any source, when it is there; else the best model of model_4's run."""
+def default_model_path(config=None) -> Path:
+    """The model the demo, predict and export use when no setting names one (and evaluation when
+    its run does not exist): the shipped model, trained on all of FER2013 for faces from any
+    source, when it is there; else the best model of model_4's run (of ``config``, or the defaults)."""
     if model_io.SHIPPED_MODEL_PATH.is_file():
         return model_io.SHIPPED_MODEL_PATH
-    return best_model_path(config, "model_4")
+    return best_model_path(config or config_module.Config(), "model_4")
 
 
 def run_fingerprint(config, section_name: str) -> str:
