@@ -13,13 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from emotion_classifier import files, labels
+from emotion_classifier import affectnet_labels, files, labels
 from emotion_classifier.cli import PipelineError
 from emotion_classifier.config import Config
 from emotion_classifier.manifest import MANIFEST_COLUMNS, REJECTED_COLUMNS, read_manifest
 
 from fer_data import FER_ROOT as FER2013
-HEADER = ",".join(labels.AFFECTNET_CSV_COLUMNS)
+HEADER = ",".join(affectnet_labels.AFFECTNET_CSV_COLUMNS)
 IMAGE_SIZE = (120, 100)
 LANDMARKS = ";".join(f"{value:.2f}" for value in np.linspace(20.0, 90.0, 136))
 
@@ -306,7 +306,7 @@ def _random_row(draw):
 def test_csv_parser_accepts_or_rejects_every_random_row(tmp_path, rows):
     path = tmp_path / "training.csv"
     write_csv(path, rows)
-    table = labels.read_affectnet_csv(path, "training.csv", "train")
+    table = affectnet_labels.read_affectnet_csv(path, "training.csv", "train")
     assert len(table.rows) + len(table.rejected) == len(rows) == table.rows_read
     assert (table.rejected["reason"] != "").all()
     lines = sorted(int(source.split(":")[1]) for source in table.rejected["source_file"])

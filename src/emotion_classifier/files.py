@@ -4,6 +4,15 @@ Every artifact is written to a temporary name in the destination folder and rena
 final name (an atomic operation on POSIX filesystems), so a reader sees either the old file or
 the new one. Stage stamps record what a stage's outputs were made from, so a re-run with
 unchanged inputs does nothing.
+
+Every CSV the project writes goes through ``save_csv``, which neutralises spreadsheet formulas:
+a text cell that begins with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return (a file name
+or label cell from a dataset, perhaps hostile) would run as a formula when the file is opened in a
+spreadsheet, so it is written with a single quote in front (``'=cmd|...``), as OWASP recommends.
+Numeric columns (valence -0.5, a loss) are written as numbers, untouched. The project's own
+readers take the quote off again (``restore_csv_text``), so a manifest read back holds the names
+the dataset gave; the rule is reversible because a cell that already begins with quotes followed by
+one of those characters gets one more quote too.
 """
 
 from __future__ import annotations
@@ -12,11 +21,16 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pandas as pd
+
+# A cell a spreadsheet would run as a formula, possibly behind quotes a previous write added.
+_FORMULA_START = re.compile(r"^'*[=+\-@\t\r]")
 
 
 @contextlib.contextmanager
@@ -89,8 +103,43 @@ def load_npy(path: str | Path) -> np.ndarray:
     return np.load(Path(path), allow_pickle=False)
 
 
-def save_csv(path: str | Path, frame) -> None:
-    """Save a pandas DataFrame as UTF-8 CSV without its index."""
+def neutralise_formula(value: object) -> object:
+    """``value`` with a quote in front when a spreadsheet would run it as a formula."""
+    if isinstance(value, str) and _FORMULA_START.match(value):
+        return "'" + value
+    return value
+
+
+def restore_csv_text(value: object) -> object:
+    """The text ``neutralise_formula`` was given: the quote it added taken off."""
+    if isinstance(value, str) and value.startswith("'") and _FORMULA_START.match(value[1:]):
+        return value[1:]
+    return value
+
+
+def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` whose text cells cannot run as spreadsheet formulas (numbers untouched)."""
+    text_columns = [column for column in frame.columns if frame[column].dtype.kind not in "biufcmM"]
+    if not text_columns:
+        return frame
+    frame = frame.copy()
+    for column in text_columns:
+        frame[column] = frame[column].map(neutralise_formula)
+    return frame
+
+
+def restore_csv_columns(frame: pd.DataFrame, columns) -> pd.DataFrame:
+    """Take off the formula-neutralising quotes in the text ``columns`` of a CSV read back."""
+    for column in columns:
+        frame[column] = frame[column].map(restore_csv_text)
+    return frame
+
+
+def save_csv(path: str | Path, frame: pd.DataFrame) -> None:
+    """Save a pandas DataFrame as UTF-8 CSV without its index, spreadsheet formulas neutralised."""
+    frame = neutralise_formulas(frame)
+    # The column names come from the dataset too (an unknown class in a count table).
+    frame = frame.set_axis([neutralise_formula(str(column)) for column in frame.columns], axis=1)
     with atomic_path(path) as temporary:
         frame.to_csv(temporary, index=False)
 
