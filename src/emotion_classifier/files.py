@@ -140,8 +140,15 @@ def save_csv(path: str | Path, frame: pd.DataFrame) -> None:
     frame = neutralise_formulas(frame)
     # The column names come from the dataset too (an unknown class in a count table).
     frame = frame.set_axis([neutralise_formula(str(column)) for column in frame.columns], axis=1)
+    # The csv writer quotes a cell that holds a character of the line terminator, and only then:
+    # with "\n" lines a cell holding a lone carriage return would be written bare and split the
+    # row when read back, so such a table is written with "\r\n" lines.
+    has_carriage_return = any(
+        frame[column].map(lambda value: isinstance(value, str) and "\r" in value).any()
+        for column in frame.columns if frame[column].dtype.kind not in "biufcmM"
+    )
     with atomic_path(path) as temporary:
-        frame.to_csv(temporary, index=False)
+        frame.to_csv(temporary, index=False, lineterminator="\r\n" if has_carriage_return else "\n")
 
 
 def save_figure(path: str | Path, figure, dpi: int = 110) -> None:
@@ -195,9 +202,14 @@ def tree_fingerprint(paths: list[str | Path]) -> str:
             folder_names.sort()
             for name in sorted(file_names):
                 file_path = Path(directory) / name
-                stat = file_path.stat()
+                try:
+                    stat = file_path.stat()
+                except OSError:
+                    # A dangling or looping symbolic link: its own entry stands for it.
+                    stat = file_path.lstat()
                 relative = file_path.relative_to(root_path)
-                digest.update(f"{root}/{relative}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+                # Names that are not valid UTF-8 (raw bytes from an archive) keep their bytes.
+                digest.update(f"{root}/{relative}|{stat.st_size}|{stat.st_mtime_ns}\n".encode(errors="surrogateescape"))
     return digest.hexdigest()
 
 
