@@ -575,6 +575,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
     layers: list[tuple[str, dict]] = []
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"{path}: a folder, not a configuration file")
         if not path.is_file():
             raise ConfigError(f"configuration file not found: {path}")
         try:
