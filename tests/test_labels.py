@@ -403,6 +403,7 @@ def test_named_pipes_and_sockets_among_images_are_named_and_never_opened(tmp_pat
     import os
     import socket
     import tempfile
+    import threading
 
     # A socket path must be short (about 100 bytes), shorter than pytest's temporary folders.
     short_root = Path(tempfile.mkdtemp(prefix="ec", dir="/tmp"))
@@ -414,8 +415,14 @@ def test_named_pipes_and_sockets_among_images_are_named_and_never_opened(tmp_pat
         listener = socket.socket(socket.AF_UNIX)
         listener.bind(str(images_root / "happy" / "socket.png"))
         (images_root / "happy" / "device.jpg").symlink_to(images_root / "happy" / "pipe.jpg")
-        assert labels.run(config) == 0  # opening the pipe would wait here forever
+        # Opening the pipe would wait forever: run in a daemon thread that the test does not wait for.
+        results = []
+        worker = threading.Thread(target=lambda: results.append(labels.run(config)), daemon=True)
+        worker.start()
+        worker.join(timeout=60)
         listener.close()
+        assert not worker.is_alive(), "the labels stage opened the named pipe"
+        assert results == [0]
         reasons = _rejections(config)
         assert reasons["happy/pipe.jpg"] == "not an image file: a named pipe (FIFO), never opened"
         assert reasons["happy/device.jpg"] == "not an image file: a named pipe (FIFO), never opened"
