@@ -69,23 +69,47 @@ def _file_problem(path: str, real_root: str) -> str:
     return f"not an image file: {kind}, never opened" if kind else ""
 
 
+def _folder_entries(folder: str) -> dict[str, os.DirEntry] | None:
+    """The entries of ``folder`` by name (one directory read); None when the folder does not
+    exist (its files are all missing), empty when it cannot be listed for another reason."""
+    try:
+        with os.scandir(folder) as entries:
+            return {entry.name: entry for entry in entries}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+
+
 def path_problems(images_root: Path, filenames: Iterable[str]) -> np.ndarray:
-    """The reason each file may not be read ("" where it may), in the order given."""
-    filenames = pd.Series(list(filenames), dtype=object)
+    """The reason each file may not be read ("" where it may), in the order given.
+
+    Each folder is resolved and listed once; a file its listing shows as a regular file (the
+    usual case, known from the listing without a further system call) is fine. Anything else (a
+    link, a special file, a name the listing lacks) gets the full check of ``_file_problem``.
+    """
+    filenames = pd.Series(list(filenames), dtype=object).astype(str)
     reasons = written_path_problems(filenames)
     real_root = os.path.realpath(images_root)
-    real_folders: dict[str, str] = {}
-    for index, name in enumerate(filenames):
-        if reasons[index]:
+    texts = filenames.to_numpy()
+    names: dict[int, str] = {}
+    positions_by_folder: dict[str, list[int]] = {}
+    for position in np.flatnonzero(reasons == "").tolist():
+        folder, _, names[position] = texts[position].rpartition("/")
+        positions_by_folder.setdefault(folder, []).append(position)
+    for folder, positions in positions_by_folder.items():
+        folder_path = os.path.join(images_root, folder)
+        real_folder = os.path.realpath(folder_path)
+        if not _inside(real_folder, real_root):
+            reasons[positions] = f"{OUTSIDE_ROOT}: its folder leads to {real_folder}"
             continue
-        path = os.path.join(images_root, name)
-        folder = os.path.dirname(path)
-        if folder not in real_folders:
-            real_folders[folder] = os.path.realpath(folder)
-        if not _inside(real_folders[folder], real_root):
-            reasons[index] = f"{OUTSIDE_ROOT}: its folder leads to {real_folders[folder]}"
-            continue
-        reasons[index] = _file_problem(path, real_root)
+        entries = _folder_entries(folder_path)
+        if entries is None:
+            continue  # missing files: the image checks report them
+        for position in positions:
+            entry = entries.get(names[position])
+            if entry is None or not entry.is_file(follow_symlinks=False):
+                reasons[position] = _file_problem(os.path.join(folder_path, names[position]), real_root)
     return reasons
 
 
