@@ -24,10 +24,12 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is imported by the stages that hand tables in, not by every user of this module
+    import pandas as pd
 
 # A cell a spreadsheet would run as a formula, possibly behind quotes a previous write added.
 _FORMULA_START = re.compile(r"^'*[=+\-@\t\r]")
