@@ -31,6 +31,7 @@ def run_stage(script: str, config_path: Path, *overrides: str) -> subprocess.Com
     return subprocess.run(
         [sys.executable, str(REPOSITORY / script), "--config", str(config_path), *overrides],
         cwd=config_path.parent, env=environment, capture_output=True, text=True, timeout=STAGE_TIMEOUT_SECONDS,
+        check=False,
     )
 
 

@@ -30,7 +30,14 @@ from emotion_classifier import files, image_checks, manifest
 from emotion_classifier.classes import AFFECTNET_CODE_TO_CLASS, CANONICAL_CLASSES
 from emotion_classifier.cli import PipelineError
 from emotion_classifier.label_table import (
-    IMAGE_EXTENSIONS, LabelTable, combine, concat, empty_notes, empty_rejected, first_reason_wins, listed,
+    IMAGE_EXTENSIONS,
+    LabelTable,
+    combine,
+    concat,
+    empty_notes,
+    empty_rejected,
+    first_reason_wins,
+    listed,
 )
 
 AFFECTNET_CSV_COLUMNS: tuple[str, ...] = (

@@ -34,13 +34,23 @@ import pandas as pd
 
 from emotion_classifier import files, image_checks, image_paths, manifest
 from emotion_classifier.affectnet_labels import (
-    AFFECTNET_CSV_FILES, NPY_NAME, read_affectnet_csv_layout, read_affectnet_npy_layout,
+    AFFECTNET_CSV_FILES,
+    NPY_NAME,
+    read_affectnet_csv_layout,
+    read_affectnet_npy_layout,
 )
 from emotion_classifier.classes import CANONICAL_CLASSES, canonical_class
 from emotion_classifier.cli import PipelineError
 from emotion_classifier.config import Config
 from emotion_classifier.label_table import (
-    IMAGE_EXTENSIONS, NOTE_COLUMNS, LabelTable, concat, empty_notes, empty_rejected, first_reason_wins, listed,
+    IMAGE_EXTENSIONS,
+    NOTE_COLUMNS,
+    LabelTable,
+    concat,
+    empty_notes,
+    empty_rejected,
+    first_reason_wins,
+    listed,
     reject_rows,
 )
 
