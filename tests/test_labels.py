@@ -516,3 +516,21 @@ def test_not_annotated_valence_stays_apart_from_absent_valence(tmp_path):
     assert npy_frame["valence"].isna().all()
     notes = pd.read_csv(npy_config.paths.processed / "label_notes.csv", keep_default_na=False)
     assert "5_val.npy missing, valence left empty" in notes["note"].iloc[0]
+
+
+def test_symbolic_link_in_an_affectnet_images_folder_leading_out_is_rejected(tmp_path):
+    config = make_config(tmp_path)
+    folder = config.paths.labels_root / "train_set" / "annotations"
+    folder.mkdir(parents=True)
+    images = config.paths.images_root / "train_set" / "images"
+    for image_id in ("1", "2"):
+        np.save(folder / f"{image_id}_exp.npy", np.array(3))
+        np.save(folder / f"{image_id}_val.npy", np.array(0.1))
+        np.save(folder / f"{image_id}_aro.npy", np.array(0.2))
+    write_image(images / "1.jpg")
+    write_image(tmp_path / "private" / "photo.jpg")
+    (images / "2.jpg").symlink_to(tmp_path / "private" / "photo.jpg")
+    assert labels.run(config) == 0
+    assert read_manifest(config.paths.manifest)["filename"].tolist() == ["train_set/images/1.jpg"]
+    assert _rejections(config)["train_set/images/2.jpg"] == (
+        f"path outside the images root: symbolic link to {tmp_path / 'private' / 'photo.jpg'}")
