@@ -112,3 +112,63 @@ def test_resolved_configuration_round_trips_through_toml(tmp_path):
     path = tmp_path / "resolved.toml"
     path.write_text(config_module.to_toml(config))
     assert dataclasses.asdict(load_config(path)) == dataclasses.asdict(config)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("labels.workers=-1", "labels.workers: must be at least 0, got -1"),
+        ("labels.max_image_pixels=0", "labels.max_image_pixels: must be at least 1, got 0"),
+        ("inspect.samples_per_class=0", "inspect.samples_per_class: must be at least 1, got 0"),
+        ("generator.zoom=1.0", "generator.zoom: must be in [0, 1), got 1.0"),
+        ("generator.parallel_calls=-2", "generator.parallel_calls: must be at least 0"),
+        ("model_4.learning_rate=0", "model_4.learning_rate: must be more than 0, got 0.0"),
+        ("model_6.conv_dropout=1", "model_6.conv_dropout: must be in [0, 1), got 1.0"),
+        ("model_4.conv_filters=[8, 0]", "model_4.conv_filters: must be at least 1, got 0"),
+        ("model_evaluation_4.crop_fraction=0", "model_evaluation_4.crop_fraction: must be in (0, 1]"),
+        ("predict.scale_factor=1.0", "predict.scale_factor: must be more than 1"),
+        ("predict.batch_size=0", "predict.batch_size: must be at least 1"),
+        ("get_data.drive_chunk_size_mb=0", "get_data.drive_chunk_size_mb: must be at least 1"),
+        ("export.representative_count=-5", "export.representative_count: must be at least 1"),
+    ],
+)
+def test_impossible_numbers_stop_at_start_up_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [override])
+    assert str(error.value) == message or str(error.value).startswith(message)
+
+
+def test_every_range_names_a_real_setting_and_the_defaults_are_inside():
+    config = Config()
+    for section, key in config_module._RANGES:
+        assert hasattr(getattr(config, section), key), (section, key)
+    config_module.validate(config)
+
+
+@pytest.mark.parametrize("key", ["data_dir", "models_dir", "reports_dir"])
+def test_folder_settings_that_name_a_file_stop_at_start_up(tmp_path, key):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    for value in (a_file, a_file / "below"):
+        with pytest.raises(ConfigError, match=f"paths.{key}: .*a_file is not a folder"):
+            load_config(None, [f"paths.{key}=\"{value}\""])
+
+
+def test_a_file_inside_the_data_folder_where_a_stage_folder_belongs_stops_at_start_up(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "processed").write_text("")
+    with pytest.raises(ConfigError, match="paths.data_dir: .*processed is not a folder"):
+        load_config(None, [f"paths.data_dir=\"{tmp_path / 'data'}\""])
+
+
+def test_config_files_that_are_not_utf8_or_not_readable_name_the_file(tmp_path):
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes("[labels]\n# caf\u00e9\nworkers = 1\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin\.toml: not UTF-8 text"):
+        load_config(latin)
+    utf16 = tmp_path / "utf16.toml"
+    utf16.write_bytes("[labels]\nworkers = 1\n".encode("utf-16"))
+    with pytest.raises(ConfigError, match=r"utf16\.toml: not UTF-8 text"):
+        load_config(utf16)
+    with pytest.raises(ConfigError, match="a folder, not a configuration file"):
+        load_config(tmp_path)

@@ -61,3 +61,39 @@ def test_artifacts_get_ordinary_permissions(tmp_path):
     finally:
         os.umask(previous)
     assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o644
+
+
+FORMULA_CELLS = ["=1+1", "+1", "-x", "@SUM(A1)", "\tTAB", "\rCR", "'=quoted before", "''@two quotes", "plain",
+                 "'plain quote", "a=b", ""]
+
+
+def test_csv_cells_that_would_run_as_formulas_are_quoted_and_numbers_left_alone(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "table.csv"
+    frame = pd.DataFrame({"name": FORMULA_CELLS, "valence": [-0.5] * len(FORMULA_CELLS),
+                          "count": range(-6, 6)})
+    files.save_csv(path, frame)
+    written = pd.read_csv(path, dtype=str, keep_default_na=False)
+    expected = ["'=1+1", "'+1", "'-x", "'@SUM(A1)", "'\tTAB", "'\rCR", "''=quoted before", "'''@two quotes",
+                "plain", "'plain quote", "a=b", ""]
+    assert written["name"].tolist() == expected
+    assert written["valence"].tolist() == ["-0.5"] * len(FORMULA_CELLS)
+    assert pd.read_csv(path)["count"].tolist() == list(range(-6, 6))
+    assert [files.restore_csv_text(cell) for cell in written["name"]] == FORMULA_CELLS
+    # The caller's frame is left as it was.
+    assert frame["name"].tolist() == FORMULA_CELLS
+
+
+def test_formula_like_column_names_are_quoted_too(tmp_path):
+    import pandas as pd
+
+    files.save_csv(tmp_path / "counts.csv", pd.DataFrame({"=evil": [1]}))
+    assert (tmp_path / "counts.csv").read_text().splitlines()[0] == "'=evil"
+
+
+def test_fingerprint_survives_dangling_links_and_undecodable_names(tmp_path):
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    (tmp_path / os.fsdecode(b"raw\xffname.jpg")).write_bytes(b"x")
+    first = files.tree_fingerprint([tmp_path])
+    assert first == files.tree_fingerprint([tmp_path])

@@ -105,3 +105,21 @@ def test_check_image_never_raises_on_random_bytes(tmp_path, content, keep_header
     result = check_image(path, MAX_PIXELS)
     assert isinstance(result.ok, bool)
     assert result.ok or result.reason
+
+
+def test_special_files_are_named_for_what_they_are_and_never_opened(tmp_path):
+    import os
+    import threading
+
+    pipe = tmp_path / "pipe.jpg"
+    os.mkfifo(pipe)
+    results = {}
+    # Opening a named pipe would block until a writer comes: run in a thread, never joined forever.
+    worker = threading.Thread(target=lambda: results.update(pipe=check_image(pipe, MAX_PIXELS)), daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+    assert results["pipe"].reason == "not an image file: a named pipe (FIFO), never opened"
+    assert check_image("/dev/null", MAX_PIXELS).reason == "not an image file: a device file, never opened"
+    assert check_image(tmp_path, MAX_PIXELS).reason == "not an image file: a folder, never opened"
+    assert check_image(tmp_path / "absent.jpg", MAX_PIXELS).reason == "missing file"

@@ -65,3 +65,29 @@ def test_sample_rows_draws_at_most_the_requested_count_per_class():
 def test_inspect_without_manifest_is_a_pipeline_error(tmp_path):
     with pytest.raises(PipelineError, match="run get_filenames_and_labels.py first"):
         inspect_images.run(make_config(tmp_path))
+
+
+def test_inspect_never_opens_paths_outside_the_images_root_or_pipes(tmp_path, monkeypatch):
+    import os
+
+    config = make_config(tmp_path)
+    images_root = config.paths.images_root
+    (images_root / "happy").mkdir(parents=True)
+    os.mkfifo(images_root / "happy" / "pipe.jpg")
+    Image.new("RGB", (20, 20)).save(tmp_path / "outside.jpg")
+    names = ["happy/pipe.jpg", "../../outside.jpg", str(tmp_path / "outside.jpg")]
+    records = [{"filename": name, "label": "happy", "label_id": 1, "source_label": "happy", "source_split": "train",
+                "source_file": "hand-edited", "landmarks": ""} for name in names]
+    files.save_csv(config.paths.manifest, pd.DataFrame(records).reindex(columns=list(MANIFEST_COLUMNS)))
+    opened = []
+    real_open = inspect_images.Image.open
+    monkeypatch.setattr(inspect_images.Image, "open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k))
+    # Opening the pipe would wait forever: run in a daemon thread that the test does not wait for.
+    import threading
+
+    results = []
+    worker = threading.Thread(target=lambda: results.append(inspect_images.run(config)), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "inspect_images opened the named pipe"
+    assert results == [0] and opened == []

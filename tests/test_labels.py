@@ -9,17 +9,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fer_data import fer_root
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from emotion_classifier import files, labels
+from emotion_classifier import affectnet_labels, files, labels
 from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import Config
 from emotion_classifier.manifest import MANIFEST_COLUMNS, REJECTED_COLUMNS, read_manifest
 
-from fer_data import fer_root
-HEADER = ",".join(labels.AFFECTNET_CSV_COLUMNS)
+HEADER = ",".join(affectnet_labels.AFFECTNET_CSV_COLUMNS)
 IMAGE_SIZE = (120, 100)
 LANDMARKS = ";".join(f"{value:.2f}" for value in np.linspace(20.0, 90.0, 136))
 
@@ -306,7 +306,7 @@ def _random_row(draw):
 def test_csv_parser_accepts_or_rejects_every_random_row(tmp_path, rows):
     path = tmp_path / "training.csv"
     write_csv(path, rows)
-    table = labels.read_affectnet_csv(path, "training.csv", "train")
+    table = affectnet_labels.read_affectnet_csv(path, "training.csv", "train")
     assert len(table.rows) + len(table.rejected) == len(rows) == table.rows_read
     assert (table.rejected["reason"] != "").all()
     lines = sorted(int(source.split(":")[1]) for source in table.rejected["source_file"])
@@ -332,3 +332,205 @@ def test_a_million_csv_rows_are_read_quickly(tmp_path):
     elapsed = time.perf_counter() - start
     assert json.loads((config.paths.reports / "labels_summary.json").read_text())["rows_accepted"] == 1_000_000
     assert elapsed < 60, elapsed
+
+
+# ----------------------------------------------------------------------------------------------
+# Hostile inputs: nothing outside the images root is read, special files are named, formulas quoted
+
+
+def _rejections(config: Config) -> dict[str, str]:
+    rejected = pd.read_csv(config.paths.processed / "rejected_files.csv", keep_default_na=False, dtype=str)
+    return {files.restore_csv_text(name): reason for name, reason in zip(rejected["filename"], rejected["reason"])}
+
+
+@pytest.mark.parametrize("check_images", [True, False])
+def test_symbolic_links_out_of_the_images_root_are_rejected(tmp_path, check_images):
+    config = make_config(tmp_path, check_images=check_images, layout="class_folders")
+    images_root = config.paths.images_root
+    outside = tmp_path / "elsewhere"
+    write_image(outside / "private.jpg")
+    write_image(outside / "folder" / "photo.jpg")
+    write_image(images_root / "happy" / "kept.jpg")
+    (images_root / "happy" / "linked_out.jpg").symlink_to(outside / "private.jpg")
+    (images_root / "happy" / "linked_in.jpg").symlink_to(images_root / "happy" / "kept.jpg")
+    (images_root / "sad").symlink_to(outside / "folder")
+    (images_root / "happy" / "sub").mkdir()
+    (images_root / "happy" / "sub" / "up.jpg").symlink_to("../../../../../elsewhere/private.jpg")
+    if check_images:  # without image checks nothing tells a missing file
+        (images_root / "happy" / "dangling.jpg").symlink_to(images_root / "happy" / "gone.jpg")
+    assert labels.run(config) == 0
+    frame = read_manifest(config.paths.manifest)
+    assert sorted(frame["filename"]) == ["happy/kept.jpg", "happy/linked_in.jpg"]
+    reasons = _rejections(config)
+    assert reasons["happy/linked_out.jpg"] == f"path outside the images root: symbolic link to {outside / 'private.jpg'}"
+    assert reasons["happy/sub/up.jpg"].startswith("path outside the images root: symbolic link")
+    assert reasons["sad"] == "symbolic link to a folder, not followed"
+    if check_images:
+        assert reasons["happy/dangling.jpg"] == "missing file"
+
+
+def test_affectnet_paths_climbing_out_or_absolute_are_rejected_unopened(tmp_path, monkeypatch):
+    config = make_config(tmp_path)
+    images_root = config.paths.images_root
+    write_image(images_root / "689" / "good.jpg")
+    write_image(tmp_path / "data" / "interim" / "outside.jpg")
+    npy_images = images_root / "train_set" / "images"
+    npy_images.mkdir(parents=True)
+    write_csv(config.paths.labels_root / "training.csv", [
+        csv_row("689/good.jpg"),
+        csv_row("../outside.jpg"),
+        csv_row("689/../../outside.jpg"),
+        csv_row("..\\other.jpg"),
+        csv_row("/etc/passwd"),
+        csv_row(str(tmp_path / "data" / "interim" / "outside.jpg")),
+    ])
+    opened = []
+    real_check = labels.image_checks.check_image
+    monkeypatch.setattr(labels.image_checks, "check_image",
+                        lambda path, max_pixels: opened.append(str(path)) or real_check(path, max_pixels))
+    assert labels.run(config) == 0
+    assert read_manifest(config.paths.manifest)["filename"].tolist() == ["689/good.jpg"]
+    reasons = _rejections(config)
+    assert reasons["../outside.jpg"] == "path outside the images root: climbs out with '..'"
+    assert reasons["689/../../outside.jpg"] == "path outside the images root: climbs out with '..'"
+    assert reasons["../other.jpg"] == "path outside the images root: climbs out with '..'"
+    assert reasons["/etc/passwd"] == "path outside the images root: absolute path"
+    assert reasons[str(tmp_path / "data" / "interim" / "outside.jpg")] == "path outside the images root: absolute path"
+    assert opened == [str(images_root / "689" / "good.jpg")]
+
+
+def test_named_pipes_and_sockets_among_images_are_named_and_never_opened(tmp_path):
+    import os
+    import socket
+    import tempfile
+    import threading
+
+    # A socket path must be short (about 100 bytes), shorter than pytest's temporary folders.
+    short_root = Path(tempfile.mkdtemp(prefix="ec", dir="/tmp"))
+    try:
+        config = make_config(short_root)
+        images_root = config.paths.images_root
+        write_image(images_root / "happy" / "kept.jpg")
+        os.mkfifo(images_root / "happy" / "pipe.jpg")
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(images_root / "happy" / "socket.png"))
+        (images_root / "happy" / "device.jpg").symlink_to(images_root / "happy" / "pipe.jpg")
+        # Opening the pipe would wait forever: run in a daemon thread that the test does not wait for.
+        results = []
+        worker = threading.Thread(target=lambda: results.append(labels.run(config)), daemon=True)
+        worker.start()
+        worker.join(timeout=60)
+        listener.close()
+        assert not worker.is_alive(), "the labels stage opened the named pipe"
+        assert results == [0]
+        reasons = _rejections(config)
+        assert reasons["happy/pipe.jpg"] == "not an image file: a named pipe (FIFO), never opened"
+        assert reasons["happy/device.jpg"] == "not an image file: a named pipe (FIFO), never opened"
+        assert reasons["happy/socket.png"] == "not an image file: a socket, never opened"
+        assert read_manifest(config.paths.manifest)["filename"].tolist() == ["happy/kept.jpg"]
+    finally:
+        shutil.rmtree(short_root)
+
+
+def test_formula_like_names_are_quoted_in_every_csv_and_read_back_unchanged(tmp_path):
+    config = make_config(tmp_path)
+    images_root = config.paths.images_root
+    names = ["=HYPERLINK(\"http://x\").jpg", "+1.jpg", "-2.jpg", "@SUM(A1).jpg"]
+    for name in names:
+        write_image(images_root / name)
+    negative_landmarks = ";".join(["-1.5"] * 136)
+    write_csv(config.paths.labels_root / "training.csv", [
+        *(csv_row(name, landmarks=negative_landmarks, valence=-0.5) for name in names),
+        csv_row("=missing.jpg"),
+    ])
+    assert labels.run(config) == 0
+    as_written = pd.read_csv(config.paths.manifest, dtype=str, keep_default_na=False)
+    assert sorted(as_written["filename"]) == sorted("'" + name for name in names)
+    assert (as_written["valence"] == "-0.5").all() and (as_written["landmarks"] == "'" + negative_landmarks).all()
+    frame = read_manifest(config.paths.manifest)
+    assert sorted(frame["filename"]) == sorted(names)
+    assert (frame["valence"] == -0.5).all() and (frame["landmarks"] == negative_landmarks).all()
+    assert files.load_npy(config.paths.processed / "filenames.npy").tolist() == frame["filename"].tolist()
+    rejected_text = (config.paths.processed / "rejected_files.csv").read_text()
+    assert rejected_text.splitlines()[1].startswith("'=missing.jpg,")
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32", "utf-32-be", "utf-8-sig"])
+def test_label_files_in_utf16_and_utf32_are_read_by_their_byte_order_mark(tmp_path, encoding):
+    config = make_config(tmp_path, check_images=False)
+    bom = {"utf-16-be": b"\xfe\xff", "utf-32-be": b"\x00\x00\xfe\xff"}.get(encoding, b"")
+    path = config.paths.labels_root / "training.csv"
+    path.parent.mkdir(parents=True)
+    text = "\n".join([HEADER, csv_row("689/é.jpg", expression=3), csv_row("689/b.jpg", expression=11)]) + "\n"
+    path.write_bytes(bom + text.encode(encoding))
+    table = affectnet_labels.read_affectnet_csv(path, "training.csv", "train")
+    assert table.rows["filename"].tolist() == ["689/é.jpg"]
+    assert table.rows["label"].tolist() == ["surprise"]
+    assert table.rejected["source_file"].tolist() == ["training.csv:3"]
+    assert table.encodings == {"training.csv": {"utf-16-be": "utf-16", "utf-32-be": "utf-32"}.get(encoding, encoding)}
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le"])
+def test_label_files_in_utf16_without_byte_order_mark_are_read_by_their_nul_bytes(tmp_path, encoding):
+    path = tmp_path / "training.csv"
+    path.write_bytes(("\n".join([HEADER, csv_row("689/a.jpg")]) + "\n").encode(encoding))
+    table = affectnet_labels.read_affectnet_csv(path, "training.csv", "train")
+    assert table.rows["filename"].tolist() == ["689/a.jpg"]
+    assert table.encodings == {"training.csv": encoding}
+
+
+def test_undecodable_utf16_label_file_names_the_encoding(tmp_path):
+    path = tmp_path / "training.csv"
+    path.write_bytes(b"\xff\xfe" + HEADER.encode("utf-16-le") + b"\x00\xd8\x41")  # a lone surrogate
+    with pytest.raises(PipelineError, match=r"training\.csv: cannot be decoded as utf-16"):
+        affectnet_labels.read_affectnet_csv(path, "training.csv", "train")
+
+
+def test_not_annotated_valence_stays_apart_from_absent_valence(tmp_path):
+    config = make_config(tmp_path, check_images=False)
+    write_csv(config.paths.labels_root / "training.csv", [
+        csv_row("689/a.jpg", valence=0.25, arousal=-0.5),
+        csv_row("689/b.jpg", expression=9, valence=-2, arousal=-2),
+    ])
+    for name in ("a", "b"):
+        write_image(config.paths.images_root / "689" / f"{name}.jpg")
+    assert labels.run(config) == 0
+    frame = read_manifest(config.paths.manifest).set_index("filename")
+    assert frame.loc["689/a.jpg", "affect_annotation"] == "annotated"
+    assert frame.loc["689/b.jpg", "affect_annotation"] == "not annotated"
+    assert np.isnan(frame.loc["689/b.jpg", "valence"])
+    # The later release without its valence and arousal files: absent, not "not annotated".
+    npy_config = make_config(tmp_path / "npy", check_images=False)
+    folder = npy_config.paths.labels_root / "train_set" / "annotations"
+    folder.mkdir(parents=True)
+    np.save(folder / "5_exp.npy", np.array(3))
+    np.save(folder / "6_exp.npy", np.array(8))
+    np.save(folder / "6_val.npy", np.array(-2.0))
+    np.save(folder / "6_aro.npy", np.array(-2.0))
+    for image_id in ("5", "6"):
+        write_image(npy_config.paths.images_root / "train_set" / "images" / f"{image_id}.jpg")
+    assert labels.run(npy_config) == 0
+    npy_frame = read_manifest(npy_config.paths.manifest).set_index("filename")
+    assert npy_frame.loc["train_set/images/5.jpg", "affect_annotation"] == ""
+    assert npy_frame.loc["train_set/images/6.jpg", "affect_annotation"] == "not annotated"
+    assert npy_frame["valence"].isna().all()
+    notes = pd.read_csv(npy_config.paths.processed / "label_notes.csv", keep_default_na=False)
+    assert "5_val.npy missing, valence left empty" in notes["note"].iloc[0]
+
+
+def test_symbolic_link_in_an_affectnet_images_folder_leading_out_is_rejected(tmp_path):
+    config = make_config(tmp_path)
+    folder = config.paths.labels_root / "train_set" / "annotations"
+    folder.mkdir(parents=True)
+    images = config.paths.images_root / "train_set" / "images"
+    for image_id in ("1", "2"):
+        np.save(folder / f"{image_id}_exp.npy", np.array(3))
+        np.save(folder / f"{image_id}_val.npy", np.array(0.1))
+        np.save(folder / f"{image_id}_aro.npy", np.array(0.2))
+    write_image(images / "1.jpg")
+    write_image(tmp_path / "private" / "photo.jpg")
+    (images / "2.jpg").symlink_to(tmp_path / "private" / "photo.jpg")
+    assert labels.run(config) == 0
+    assert read_manifest(config.paths.manifest)["filename"].tolist() == ["train_set/images/1.jpg"]
+    assert _rejections(config)["train_set/images/2.jpg"] == (
+        f"path outside the images root: symbolic link to {tmp_path / 'private' / 'photo.jpg'}")

@@ -11,7 +11,7 @@ from emotion_classifier import files, splits
 from emotion_classifier.classes import CANONICAL_CLASSES
 from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import Config
-from emotion_classifier.manifest import MANIFEST_COLUMNS
+from emotion_classifier.manifest import MANIFEST_COLUMNS, read_manifest
 
 
 def make_config(tmp_path, **split_settings) -> Config:
@@ -139,3 +139,26 @@ def test_unchanged_rerun_does_nothing(tmp_path, capsys):
     splits.run(config)
     assert "up to date" in capsys.readouterr().out
     assert config.paths.split_manifest.stat().st_mtime_ns == written
+
+
+def test_formula_like_names_stay_quoted_in_the_split_manifest_and_plain_in_the_hand_offs(tmp_path):
+    config = make_config(tmp_path, valid_per_class=1, test_fraction=0.0, use_source_evaluation_split=False)
+    names = ["=cmd.jpg", "+a.jpg", "-b.jpg", "@c.jpg", "plain.jpg", "'=quoted.jpg"]
+    frame = pd.DataFrame({
+        "filename": names, "label": "happy", "label_id": 1, "source_label": "-1", "source_split": "",
+        "source_file": "@list.csv:2", "valence": -0.5, "arousal": 0.25, "affect_annotation": "annotated",
+        "landmarks": ";".join(["-2.5"] * 136),
+    }).reindex(columns=list(MANIFEST_COLUMNS))
+    files.save_csv(config.paths.manifest, frame)
+    assert splits.run(config) == 0
+    as_written = read_outputs(config)
+    assert sorted(as_written["filename"]) == sorted(["'=cmd.jpg", "'+a.jpg", "'-b.jpg", "'@c.jpg", "plain.jpg",
+                                                     "''=quoted.jpg"])
+    assert (as_written["valence"] == -0.5).all() and (as_written["source_label"] == "'-1").all()
+    back = read_manifest(config.paths.split_manifest)
+    assert sorted(back["filename"]) == sorted(names)
+    assert (back["source_label"] == "-1").all() and (back["source_file"] == "@list.csv:2").all()
+    assert (back["landmarks"] == ";".join(["-2.5"] * 136)).all()
+    handed_off = [name for split in splits.SPLITS
+                  for name in files.load_npy(config.paths.processed / f"X_{split}_filenames.npy").tolist()]
+    assert sorted(handed_off) == sorted(names)

@@ -591,12 +591,18 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
     layers: list[tuple[str, dict]] = []
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"{path}: a folder, not a configuration file")
         if not path.is_file():
             raise ConfigError(f"configuration file not found: {path}")
         try:
             layers.append((str(path), tomllib.loads(path.read_text(encoding="utf-8"))))
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{path}: not valid TOML: {error}") from error
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {error.start}); TOML files are UTF-8") from error
+        except OSError as error:
+            raise ConfigError(f"{path}: cannot be read: {error.strerror or error}") from error
     if overrides:
         layers.append(("command line", parse_overrides(overrides, default_section)))
     return build_config(layers)
@@ -632,8 +638,88 @@ _CHOICES = {
 }
 
 
+# Numeric ranges: (section, key) -> (lowest, highest, lowest allowed, highest allowed); None: no bound.
+_RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool, bool]] = {
+    ("get_data", "drive_max_retries"): (0, None, True, True),
+    ("get_data", "drive_chunk_size_mb"): (1, None, True, True),
+    ("labels", "workers"): (0, None, True, True),
+    ("labels", "max_image_pixels"): (1, None, True, True),
+    ("inspect", "samples_per_class"): (1, None, True, True),
+    ("generator", "parallel_calls"): (0, None, True, True),
+    ("generator", "shuffle_buffer"): (1, None, True, True),
+    ("generator", "face_margin"): (0, None, True, True),
+    ("generator", "rotation_degrees"): (0, 180, True, True),
+    ("generator", "zoom"): (0, 1, True, False),
+    ("generator", "translation"): (0, 1, True, False),
+    ("generator", "contrast"): (0, 1, True, True),
+    ("generator", "random_erasing"): (0, 1, True, True),
+    ("generator", "preview_images"): (0, None, True, True),
+    ("generator", "tfrecord_workers"): (0, None, True, True),
+    **{(section, key): bounds for section in ("model_4", "model_6") for key, bounds in {
+        "learning_rate": (0, None, False, True),
+        "weight_decay": (0, None, True, True),
+        "warmup_epochs": (0, None, True, True),
+        "patience": (0, None, True, True),
+        "label_smoothing": (0, 1, True, False),
+        "max_steps_per_epoch": (0, None, True, True),
+        "convs_per_block": (1, None, True, True),
+        "conv_filters": (1, None, True, True),
+        "dense_units": (1, None, True, True),
+        "conv_dropout": (0, 1, True, False),
+        "dense_dropout": (0, 1, True, False),
+    }.items()},
+    **{(section, key): bounds for section in ("model_evaluation_4", "model_evaluation_6") for key, bounds in {
+        "batch_size": (1, None, True, True),
+        "crop_fraction": (0, 1, False, True),
+    }.items()},
+    ("predict", "scale_factor"): (1, None, False, True),
+    ("predict", "min_neighbors"): (0, None, True, True),
+    ("predict", "min_face_size"): (1, None, True, True),
+    ("predict", "score_threshold"): (0, 1, True, True),
+    ("predict", "nms_threshold"): (0, 1, True, True),
+    ("predict", "detection_max_side"): (0, None, True, True),
+    ("predict", "face_margin"): (0, None, True, True),
+    ("predict", "face_crop_max_side"): (0, None, True, True),
+    ("predict", "batch_size"): (1, None, True, True),
+    ("predict", "contact_sheet_max_faces"): (0, None, True, True),
+    ("predict", "contact_sheet_tile"): (1, None, True, True),
+    ("export", "representative_count"): (1, None, True, True),
+    ("export", "verification_count"): (0, None, True, True),
+}
+
+
+def _describe_range(low: float | None, high: float | None, low_in: bool, high_in: bool) -> str:
+    if high is None:
+        return f"must be at least {low:g}" if low_in else f"must be more than {low:g}"
+    return f"must be in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+
+
+def _check_ranges(config: Config) -> None:
+    """Every numeric setting in its range, a list's items each (``conv_filters``)."""
+    for (section, key), (low, high, low_in, high_in) in _RANGES.items():
+        value = getattr(getattr(config, section), key)
+        for item in value if isinstance(value, list) else [value]:
+            too_low = low is not None and (item < low if low_in else item <= low)
+            too_high = high is not None and (item > high if high_in else item >= high)
+            if too_low or too_high:
+                raise ConfigError(f"{section}.{key}: {_describe_range(low, high, low_in, high_in)}, got {item!r}")
+
+
+def _check_folders(paths: PathsConfig) -> None:
+    """Each configured folder is a folder where it exists: a file there would fail the stage midway."""
+    for key in ("data_dir", "models_dir", "reports_dir"):
+        folder = Path(getattr(paths, key))
+        for path in (folder, folder / "raw", folder / "interim", folder / "processed") if key == "data_dir" else (folder,):
+            # The nearest part of the path that exists must be a folder too ("a_file/data").
+            existing = next((part for part in (path, *path.parents) if part.exists() or part.is_symlink()), None)
+            if existing is not None and not existing.is_dir():
+                raise ConfigError(f"paths.{key}: {existing} is not a folder (set paths.{key} to a folder)")
+
+
 def validate(config: Config) -> None:
-    """Check values that a type alone cannot: choices and ranges."""
+    """Check values that a type alone cannot: choices, ranges and that folders are folders."""
+    _check_ranges(config)
+    _check_folders(config.paths)
     for (section, key), choices in _CHOICES.items():
         value = getattr(getattr(config, section), key)
         if value not in choices:

@@ -4,6 +4,15 @@ Every artifact is written to a temporary name in the destination folder and rena
 final name (an atomic operation on POSIX filesystems), so a reader sees either the old file or
 the new one. Stage stamps record what a stage's outputs were made from, so a re-run with
 unchanged inputs does nothing.
+
+Every CSV the project writes goes through ``save_csv``, which neutralises spreadsheet formulas:
+a text cell that begins with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return (a file name
+or label cell from a dataset, perhaps hostile) would run as a formula when the file is opened in a
+spreadsheet, so it is written with a single quote in front (``'=cmd|...``), as OWASP recommends.
+Numeric columns (valence -0.5, a loss) are written as numbers, untouched. The project's own
+readers take the quote off again (``restore_csv_text``), so a manifest read back holds the names
+the dataset gave; the rule is reversible because a cell that already begins with quotes followed by
+one of those characters gets one more quote too.
 """
 
 from __future__ import annotations
@@ -12,11 +21,22 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
+
+if TYPE_CHECKING:  # pandas is imported by the stages that hand tables in, not by every user of this module
+    import pandas as pd
+
+# A cell a spreadsheet would run as a formula, possibly behind quotes a previous write added.
+_FORMULA_START = re.compile(r"^'*[=+\-@\t\r]")
+# A cell that needs a closer look when written: a formula start, or a carriage return anywhere.
+_NEEDS_CARE = re.compile(r"^'*[=+\-@\t]|\r")
+# A cell read back that a write quoted.
+_QUOTED_FORMULA = re.compile(r"^''*[=+\-@\t\r]")
 
 
 @contextlib.contextmanager
@@ -89,10 +109,83 @@ def load_npy(path: str | Path) -> np.ndarray:
     return np.load(Path(path), allow_pickle=False)
 
 
-def save_csv(path: str | Path, frame) -> None:
-    """Save a pandas DataFrame as UTF-8 CSV without its index."""
+def neutralise_formula(value: object) -> object:
+    """``value`` with a quote in front when a spreadsheet would run it as a formula."""
+    if isinstance(value, str) and _FORMULA_START.match(value):
+        return "'" + value
+    return value
+
+
+def restore_csv_text(value: object) -> object:
+    """The text ``neutralise_formula`` was given: the quote it added taken off."""
+    if isinstance(value, str) and value.startswith("'") and _FORMULA_START.match(value[1:]):
+        return value[1:]
+    return value
+
+
+def _flagged(column: pd.Series, pattern: re.Pattern, first_characters: str,
+             carriage_return: bool) -> pd.Series | None:
+    """True for the cells of ``column`` that ``pattern`` finds something in; None when no cell
+    can hold anything, the usual case.
+
+    That is decided first with plain substring searches: in the first characters of the cells
+    joined, and (if ``carriage_return``) in each cell for a carriage return, so a million-row
+    manifest costs a fraction of a second. Only when one of ``first_characters``
+    begins a cell or a cell holds a carriage return (or the column holds numbers too) are the
+    cells matched with ``pattern`` one by one.
+    """
+    try:
+        cells = column.dropna()
+        first = "".join([cell[:1] for cell in cells])
+        quick = not any(character in first for character in first_characters) and not (
+            carriage_return and any("\r" in cell for cell in cells))
+    except TypeError:
+        quick = False
+    if quick:
+        return None
+    flagged = column.map(lambda value: isinstance(value, str) and pattern.search(value) is not None)
+    return flagged if flagged.any() else None
+
+
+def neutralise_formulas(frame: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
+    """``frame`` with its text cells unable to run as spreadsheet formulas (numbers untouched),
+    and whether a text cell holds a carriage return (see ``save_csv``)."""
+    has_carriage_return = False
+    changed = {}
+    for column in frame.columns:
+        if frame[column].dtype.kind in "biufcmM":
+            continue
+        flagged = _flagged(frame[column], _NEEDS_CARE, "=+-@\t'", carriage_return=True)
+        if flagged is not None:
+            cells = frame[column][flagged]
+            has_carriage_return |= bool(cells.map(lambda value: "\r" in value).any())
+            changed[column] = frame[column].where(~flagged, cells.map(neutralise_formula))
+    if changed:
+        frame = frame.copy()
+        for column, values in changed.items():
+            frame[column] = values
+    return frame, has_carriage_return
+
+
+def restore_csv_columns(frame: pd.DataFrame, columns) -> pd.DataFrame:
+    """Take off the formula-neutralising quotes in the text ``columns`` of a CSV read back."""
+    for column in columns:
+        flagged = _flagged(frame[column], _QUOTED_FORMULA, "'", carriage_return=False)
+        if flagged is not None:
+            frame[column] = frame[column].where(~flagged, frame[column][flagged].map(restore_csv_text))
+    return frame
+
+
+def save_csv(path: str | Path, frame: pd.DataFrame) -> None:
+    """Save a pandas DataFrame as UTF-8 CSV without its index, spreadsheet formulas neutralised."""
+    frame, has_carriage_return = neutralise_formulas(frame)
+    # The column names come from the dataset too (an unknown class in a count table).
+    frame = frame.set_axis([neutralise_formula(str(column)) for column in frame.columns], axis=1)
+    # The csv writer quotes a cell that holds a character of the line terminator, and only then:
+    # with "\n" lines a cell holding a lone carriage return would be written bare and split the
+    # row when read back, so such a table is written with "\r\n" lines.
     with atomic_path(path) as temporary:
-        frame.to_csv(temporary, index=False)
+        frame.to_csv(temporary, index=False, lineterminator="\r\n" if has_carriage_return else "\n")
 
 
 def save_figure(path: str | Path, figure, dpi: int = 110) -> None:
@@ -146,9 +239,14 @@ def tree_fingerprint(paths: list[str | Path]) -> str:
             folder_names.sort()
             for name in sorted(file_names):
                 file_path = Path(directory) / name
-                stat = file_path.stat()
+                try:
+                    stat = file_path.stat()
+                except OSError:
+                    # A dangling or looping symbolic link: its own entry stands for it.
+                    stat = file_path.lstat()
                 relative = file_path.relative_to(root_path)
-                digest.update(f"{root}/{relative}|{stat.st_size}|{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+                # Names that are not valid UTF-8 (raw bytes from an archive) keep their bytes.
+                digest.update(f"{root}/{relative}|{stat.st_size}|{stat.st_mtime_ns}\n".encode(errors="surrogateescape"))
     return digest.hexdigest()
 
 

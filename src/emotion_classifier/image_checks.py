@@ -6,7 +6,9 @@ processes with a progress bar.
 
 Decisions, so that training never meets a file it cannot decode:
 
-- rejected: a missing or zero-byte file, bytes that are not an image (whatever the extension), a
+- rejected: a missing or zero-byte file, anything that is not a regular file (a named pipe, a
+  socket, a device, a folder; named for what it is and never opened: opening a named pipe waits
+  for a writer forever), bytes that are not an image (whatever the extension), a
   truncated or corrupt image, an image with a zero side, an image with more pixels than
   ``max_pixels`` (a possible decompression bomb; its pixels are never decoded), a format that the
   TensorFlow input pipeline cannot decode (only JPEG, PNG, GIF, BMP and WebP can), and animated
@@ -22,6 +24,7 @@ import concurrent.futures
 import dataclasses
 import multiprocessing
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
@@ -74,6 +77,21 @@ class ImageCheck:
     note: str = ""
 
 
+def describe_file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, from its ``st_mode``; empty for a regular file."""
+    if stat.S_ISREG(mode):
+        return ""
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device file"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "not a regular file"
+
+
 def check_image(path: str | Path, max_pixels: int) -> ImageCheck:
     """Open and fully decode the image at ``path``; never raises, whatever the file holds."""
     try:
@@ -83,9 +101,14 @@ def check_image(path: str | Path, max_pixels: int) -> ImageCheck:
 
 
 def _check_image(path: Path, max_pixels: int) -> ImageCheck:
-    if not path.is_file():
+    try:
+        status = path.stat()
+    except FileNotFoundError:
         return ImageCheck(ok=False, reason="missing file")
-    if path.stat().st_size == 0:
+    kind = describe_file_kind(status.st_mode)
+    if kind:
+        return ImageCheck(ok=False, reason=f"not an image file: {kind}, never opened")
+    if status.st_size == 0:
         return ImageCheck(ok=False, reason="empty file (zero bytes)")
     # Decoders warn about odd but readable files (EXIF quirks, palette transparency); the result
     # below is the only report this function gives.

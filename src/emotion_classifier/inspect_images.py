@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from emotion_classifier import files, manifest
+from emotion_classifier import files, image_paths, manifest
 from emotion_classifier.classes import CANONICAL_CLASSES
 from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import Config
@@ -41,6 +41,18 @@ def sample_rows(frame: pd.DataFrame, samples_per_class: int, seed: int) -> pd.Da
     """Up to ``samples_per_class`` random rows of each class, drawn reproducibly."""
     shuffled = frame.sample(frac=1.0, random_state=np.random.RandomState(seed))
     return shuffled.groupby("label", sort=False).head(samples_per_class)
+
+
+def _read_pixels(images_root: Path, filename: str) -> np.ndarray | None:
+    """The image as RGB pixels; None when it cannot be read or may not be (outside the images
+    root, a named pipe: see ``image_paths.py``), so a hand-edited manifest cannot stop the stage."""
+    if not image_paths.is_readable_image_path(images_root, filename):
+        return None
+    try:
+        with Image.open(images_root / filename) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 def sample_grid(frame: pd.DataFrame, images_root: Path, samples_per_class: int, seed: int) -> Figure:
@@ -64,10 +76,8 @@ def sample_grid(frame: pd.DataFrame, images_root: Path, samples_per_class: int, 
                 continue
             row = chosen.iloc[column_index]
             axis.set_title(name, fontsize=8)
-            try:
-                with Image.open(images_root / row["filename"]) as image:
-                    pixels = np.asarray(image.convert("RGB"))
-            except (OSError, ValueError):
+            pixels = _read_pixels(images_root, row["filename"])
+            if pixels is None:
                 axis.text(0.5, 0.5, "unreadable", ha="center", va="center", transform=axis.transAxes)
                 continue
             axis.imshow(pixels)

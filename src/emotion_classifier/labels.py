@@ -15,41 +15,44 @@ in ``rejected_files.csv``; accepted rows that needed a change (a clipped face bo
 malformed landmarks, an image the input pipeline will convert) are listed in
 ``label_notes.csv``. Big tables are checked with vectorised pandas operations, never a Python
 loop per row, so a million AffectNet rows take seconds; images are opened in parallel processes.
+
+Nothing outside the dataset is read: every image path must stay inside the images root after
+symbolic links are followed, and name a regular file (``image_paths.py``); a symbolic link to a
+folder inside a class folder tree is listed as rejected, never followed. AffectNet's label files
+are read by ``affectnet_labels.py``; the table they fill is ``label_table.LabelTable``.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
-import operator
 import os
-import re
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from emotion_classifier import files, image_checks, manifest
-from emotion_classifier.classes import AFFECTNET_CODE_TO_CLASS, CANONICAL_CLASSES, canonical_class
+from emotion_classifier import files, image_checks, image_paths, manifest
+from emotion_classifier.affectnet_labels import (
+    AFFECTNET_CSV_FILES,
+    NPY_NAME,
+    read_affectnet_csv_layout,
+    read_affectnet_npy_layout,
+)
+from emotion_classifier.classes import CANONICAL_CLASSES, canonical_class
 from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import Config
-
-AFFECTNET_CSV_COLUMNS: tuple[str, ...] = (
-    "subDirectory_filePath",
-    "face_x",
-    "face_y",
-    "face_width",
-    "face_height",
-    "facial_landmarks",
-    "expression",
-    "valence",
-    "arousal",
+from emotion_classifier.label_table import (
+    IMAGE_EXTENSIONS,
+    NOTE_COLUMNS,
+    LabelTable,
+    concat,
+    empty_notes,
+    empty_rejected,
+    first_reason_wins,
+    listed,
+    reject_rows,
 )
-
-# Label list of the original release -> the split the source gives its rows.
-AFFECTNET_CSV_FILES: dict[str, str] = {"training.csv": "train", "validation.csv": "validation"}
 
 # Folder names that mean a split rather than a class, and the source split they stand for.
 SPLIT_FOLDERS: dict[str, str] = {
@@ -61,63 +64,6 @@ SPLIT_FOLDERS: dict[str, str] = {
     "test": "test",
     "testing": "test",
 }
-
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-)
-
-# Tried in this order; latin-1 decodes any bytes, so reading never fails on encoding.
-CSV_ENCODINGS: tuple[str, ...] = ("utf-8", "utf-8-sig", "cp1252", "latin-1")
-
-# Values of valence and arousal outside [-1, 1] that mean "not annotated" rather than an error.
-NOT_ANNOTATED_MARKER = -2.0
-
-LANDMARK_COUNT = 68
-
-NOTE_COLUMNS: tuple[str, ...] = ("filename", "source_file", "note")
-
-# The AffectNet npy annotation files of one image, by the key used in this module.
-_NPY_SUFFIXES: dict[str, str] = {"expression": "exp", "valence": "val", "arousal": "aro", "landmarks": "lnd"}
-_NPY_NAME = re.compile(r"^(?P<id>.+)_(?P<kind>exp|val|aro|lnd)\.npy$")
-
-
-@dataclasses.dataclass
-class LabelTable:
-    """Rows read from one layout: accepted rows, rejected rows and notes on accepted rows.
-
-    ``rows`` has the manifest columns; ``rejected`` has ``manifest.REJECTED_COLUMNS``;
-    ``notes`` has ``NOTE_COLUMNS``. ``rows_read`` counts every record the source holds.
-    ``encodings`` names the text encoding of each label file that was not UTF-8.
-    """
-
-    rows: pd.DataFrame
-    rejected: pd.DataFrame
-    notes: pd.DataFrame
-    rows_read: int
-    encodings: dict[str, str] = dataclasses.field(default_factory=dict)
-
-
-def _empty_rejected() -> pd.DataFrame:
-    return pd.DataFrame({column: pd.Series(dtype=object) for column in manifest.REJECTED_COLUMNS})
-
-
-def _empty_notes() -> pd.DataFrame:
-    return pd.DataFrame({column: pd.Series(dtype=object) for column in NOTE_COLUMNS})
-
-
-def _concat(frames: list[pd.DataFrame], empty: pd.DataFrame) -> pd.DataFrame:
-    frames = [frame for frame in frames if len(frame)]
-    return pd.concat(frames, ignore_index=True) if frames else empty
-
-
-def _first_reason_wins(reasons: np.ndarray, mask: np.ndarray, text: str | pd.Series) -> None:
-    """Set ``text`` as the reason of the rows in ``mask`` that have no reason yet."""
-    target = np.asarray(mask, dtype=bool) & (reasons == "")
-    if isinstance(text, pd.Series):
-        reasons[target] = text.to_numpy(dtype=object)[target]
-    else:
-        reasons[target] = text
-
 
 # ----------------------------------------------------------------------------------------------
 # Layout detection
@@ -133,7 +79,7 @@ def detect_layout(labels_root: Path, images_root: Path) -> str:
             if lower_names & set(AFFECTNET_CSV_FILES):
                 return "affectnet_csv"
             if not found_npy and Path(directory).name == "annotations":
-                found_npy = any(_NPY_NAME.match(name) for name in file_names)
+                found_npy = any(NPY_NAME.match(name) for name in file_names)
     if found_npy:
         return "affectnet_npy"
     if images_root.is_dir() and any(entry.is_dir() for entry in os.scandir(images_root)):
@@ -146,364 +92,31 @@ def detect_layout(labels_root: Path, images_root: Path) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Shared validation of AffectNet annotations (both releases)
-
-
-def _number(series: pd.Series) -> pd.Series:
-    return pd.to_numeric(series, errors="coerce").astype("float64")
-
-
-def validate_annotations(raw: pd.DataFrame, with_face_box: bool) -> LabelTable:
-    """Check AffectNet annotations given as text columns; split them into accepted and rejected.
-
-    ``raw`` has text columns ``filename``, ``expression``, ``valence``, ``arousal``,
-    ``landmarks``, ``source_split``, ``source_file`` (and the face box columns when
-    ``with_face_box``), stripped of surrounding spaces; a missing value is an empty string. A row may already carry a reason in
-    an optional ``problem`` column (a problem found while reading it). The first failed check
-    gives a rejected row its reason.
-    """
-    count = len(raw)
-    reasons = np.full(count, "", dtype=object)
-    if "problem" in raw.columns:
-        _first_reason_wins(reasons, raw["problem"].to_numpy() != "", raw["problem"])
-    text = {column: raw[column] for column in raw.columns}
-    all_empty = np.ones(count, dtype=bool)
-    for column in ("filename", "expression", "valence", "arousal", "landmarks"):
-        all_empty &= (text[column] == "").to_numpy()
-    _first_reason_wins(reasons, all_empty, "empty line")
-    _first_reason_wins(reasons, (text["filename"] == "").to_numpy(), "missing value: image path")
-
-    expression_text = text["expression"]
-    expression = _number(expression_text)
-    _first_reason_wins(reasons, (expression_text == "").to_numpy(), "missing value: expression")
-    _first_reason_wins(reasons, ~np.isfinite(expression.to_numpy()),
-                       "expression is not a number: '" + expression_text + "'")
-    valid_code = (expression == expression.round()) & expression.between(0, len(CANONICAL_CLASSES) - 1)
-    _first_reason_wins(reasons, ~valid_code.to_numpy(),
-                       "expression is not a code 0..10: " + expression_text)
-
-    box_columns = manifest.FACE_BOX_COLUMNS if with_face_box else ()
-    box_values = {}
-    for column in box_columns:
-        box_values[column] = _number(text[column])
-        _first_reason_wins(reasons, (text[column] == "").to_numpy(), f"missing value: {column}")
-        _first_reason_wins(reasons, ~np.isfinite(box_values[column].to_numpy()),
-                           f"{column} is not a number: '" + text[column] + "'")
-    if with_face_box:
-        zero_size = ~((box_values["face_width"] > 0) & (box_values["face_height"] > 0)).to_numpy()
-        _first_reason_wins(reasons, zero_size,
-                           "face box has zero or negative size: " + text["face_width"] + "x" + text["face_height"])
-
-    affect_values = {}
-    for column in ("valence", "arousal"):
-        values = _number(text[column])
-        _first_reason_wins(reasons, (text[column] == "").to_numpy(), f"missing value: {column}")
-        _first_reason_wins(reasons, ~np.isfinite(values.to_numpy()),
-                           f"{column} is not a number: '" + text[column] + "'")
-        in_range = values.between(-1.0, 1.0).to_numpy()
-        not_annotated = (values == NOT_ANNOTATED_MARKER).to_numpy()
-        _first_reason_wins(reasons, ~(in_range | not_annotated),
-                           f"{column} outside [-1, 1] and not the -2 'not annotated' marker: " + text[column])
-        affect_values[column] = values.where(in_range, np.nan)
-
-    accepted = reasons == ""
-    rejected = pd.DataFrame({
-        "filename": text["filename"].to_numpy(dtype=object)[~accepted],
-        "source_file": raw["source_file"].to_numpy(dtype=object)[~accepted],
-        "reason": reasons[~accepted],
-    })
-
-    # Landmarks are optional: a malformed list is cleared and noted, the row is kept. Counting
-    # separators is a cheap, vectorised test of "68 x;y pairs" on a million long strings.
-    landmarks = text["landmarks"][accepted]
-    expected_separators = 2 * LANDMARK_COUNT - 1
-    # ``str.count`` would run a regular expression per row; the plain string method is faster.
-    separators = landmarks.map(operator.methodcaller("count", ";"))
-    malformed = (landmarks != "") & (separators != expected_separators)
-    notes = pd.DataFrame({
-        "filename": text["filename"][accepted][malformed].to_numpy(dtype=object),
-        "source_file": raw["source_file"][accepted][malformed].to_numpy(dtype=object),
-        "note": f"landmarks malformed (expected {LANDMARK_COUNT} x;y pairs), left empty",
-    })
-    landmarks = landmarks.where(~malformed, "")
-
-    codes = expression[accepted].astype("int64")
-    rows = pd.DataFrame({
-        "filename": _normalise_filenames(text["filename"][accepted]).to_numpy(dtype=object),
-        "label": codes.map(AFFECTNET_CODE_TO_CLASS).to_numpy(dtype=object),
-        "label_id": codes.to_numpy(dtype="int64"),
-        "source_label": expression_text[accepted].to_numpy(dtype=object),
-        "source_split": raw["source_split"][accepted].to_numpy(dtype=object),
-        "source_file": raw["source_file"][accepted].to_numpy(dtype=object),
-    })
-    for column in manifest.FACE_BOX_COLUMNS:
-        rows[column] = box_values[column][accepted].to_numpy() if with_face_box else np.nan
-    rows["valence"] = affect_values["valence"][accepted].to_numpy()
-    rows["arousal"] = affect_values["arousal"][accepted].to_numpy()
-    rows["landmarks"] = landmarks.to_numpy(dtype=object)
-    rows["image_width"] = np.nan
-    rows["image_height"] = np.nan
-    return LabelTable(rows=rows[list(manifest.MANIFEST_COLUMNS)], rejected=rejected, notes=notes,
-                      rows_read=count)
-
-
-def _normalise_filenames(filenames: pd.Series) -> pd.Series:
-    """Forward slashes and no leading ``./`` or ``/``: paths relative to the images root."""
-    return filenames.str.replace("\\", "/", regex=False).str.replace(r"^(\./|/)+", "", regex=True)
-
-
-# ----------------------------------------------------------------------------------------------
-# Layout 1: AffectNet original release (training.csv, validation.csv)
-
-
-def _read_csv_text(path: Path) -> tuple[pd.DataFrame, list[int], list[str], str]:
-    """Read every field as text, trying encodings in turn.
-
-    Returns the table, the file line of each row, the (line, message) of lines with too many
-    fields (left out by the parser) and the encoding that worked. The AffectNet lists never quote
-    fields (landmarks are joined with ';'), so quoting is off: every physical line is one record,
-    which keeps line numbers exact even when a field holds a stray quote.
-    """
-    last_error: Exception | None = None
-    for encoding in CSV_ENCODINGS:
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", pd.errors.ParserWarning)
-                table = pd.read_csv(
-                    path, dtype=object, na_filter=False, keep_default_na=False, index_col=False,
-                    quoting=csv.QUOTE_NONE, skip_blank_lines=False, on_bad_lines="warn",
-                    encoding=encoding, encoding_errors="strict",
-                )
-        except UnicodeDecodeError as error:
-            last_error = error
-            continue
-        except pd.errors.EmptyDataError:
-            return pd.DataFrame(), [], [], encoding
-        except pd.errors.ParserError as error:
-            raise PipelineError(f"{path}: cannot be read as CSV: {error}") from error
-        skipped: dict[int, str] = {}
-        for warning in caught:
-            for match in re.finditer(r"line (\d+): (expected \d+ fields, saw \d+)", str(warning.message)):
-                skipped[int(match.group(1))] = match.group(2)
-        skipped_lines = np.array(sorted(skipped), dtype="int64")
-        # Row k sits on line k + 2 (line 1 is the header) plus the skipped lines before it.
-        kept_before_skip = skipped_lines - 2 - np.arange(len(skipped_lines))
-        row_numbers = np.arange(len(table), dtype="int64")
-        lines = row_numbers + 2 + np.searchsorted(kept_before_skip, row_numbers, side="right")
-        return table, lines.tolist(), [(line, skipped[line]) for line in skipped_lines.tolist()], encoding
-    raise PipelineError(f"{path}: cannot be decoded: {last_error}")  # pragma: no cover - latin-1 never fails
-
-
-def read_affectnet_csv(path: str | Path, source_name: str, source_split: str) -> LabelTable:
-    """Read one AffectNet label list; ``source_name`` (its path under the labels root) and the
-    line number name every rejected row, as in ``training.csv:12``."""
-    path = Path(path)
-    table, lines, skipped, encoding = _read_csv_text(path)
-    table.columns = [str(column).strip().lstrip("\ufeff").strip().strip('"') for column in table.columns]
-    missing = [column for column in AFFECTNET_CSV_COLUMNS if column not in table.columns]
-    if missing:
-        raise PipelineError(
-            f"{path}: missing column(s) {', '.join(missing)}; an AffectNet label list needs "
-            f"{', '.join(AFFECTNET_CSV_COLUMNS)} (found: {', '.join(map(str, table.columns)) or 'no header'})"
-        )
-    line_text = pd.Series(lines, dtype="int64").astype(str)
-
-    def field(column: str) -> pd.Series:
-        # One pass removes both surrounding spaces and the quotes quoting-off reading leaves.
-        return table[column].str.strip(' \t"').reset_index(drop=True)
-
-    raw = pd.DataFrame({
-        "filename": field("subDirectory_filePath"),
-        "expression": field("expression"),
-        "valence": field("valence"),
-        "arousal": field("arousal"),
-        "landmarks": field("facial_landmarks"),
-        "source_split": source_split,
-        "source_file": (source_name + ":" + line_text).to_numpy(dtype=object),
-    })
-    for column in manifest.FACE_BOX_COLUMNS:
-        raw[column] = field(column)
-    result = validate_annotations(raw, with_face_box=True)
-    too_many_fields = pd.DataFrame({
-        "filename": "",
-        "source_file": [f"{source_name}:{line}" for line, _ in skipped],
-        "reason": [f"wrong number of fields: {message}" for _, message in skipped],
-    })
-    result.rejected = _concat([result.rejected, too_many_fields], _empty_rejected())
-    result.rows_read += len(skipped)
-    if encoding != "utf-8":
-        result.encodings[source_name] = encoding
-    return result
-
-
-def read_affectnet_csv_layout(labels_root: Path) -> LabelTable:
-    """Read every training.csv and validation.csv under the labels root."""
-    label_files = sorted(
-        path for path in labels_root.rglob("*.csv") if path.name.lower() in AFFECTNET_CSV_FILES
-    )
-    if not label_files:
-        raise PipelineError(f"layout affectnet_csv: no training.csv or validation.csv under {labels_root}")
-    tables = [
-        read_affectnet_csv(path, path.relative_to(labels_root).as_posix(), AFFECTNET_CSV_FILES[path.name.lower()])
-        for path in label_files
-    ]
-    return _combine(tables)
-
-
-def _combine(tables: list[LabelTable]) -> LabelTable:
-    encodings: dict[str, str] = {}
-    for table in tables:
-        encodings.update(table.encodings)
-    return LabelTable(
-        rows=_concat([table.rows for table in tables], manifest.empty_manifest()),
-        rejected=_concat([table.rejected for table in tables], _empty_rejected()),
-        notes=_concat([table.notes for table in tables], _empty_notes()),
-        rows_read=sum(table.rows_read for table in tables),
-        encodings=encodings,
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# Layout 2: AffectNet later release (<set>/annotations/<id>_{exp,val,aro,lnd}.npy)
-
-
-def _split_of_set_folder(name: str) -> str:
-    lower = name.lower()
-    if "train" in lower:
-        return "train"
-    if "val" in lower:
-        return "validation"
-    if "test" in lower:
-        return "test"
-    return ""
-
-
-def _npy_scalar_text(path: str) -> str:
-    """The single value of an annotation file as text; raise ValueError if it holds several."""
-    values = np.asarray(files.load_npy(path)).reshape(-1)
-    if values.size != 1:
-        raise ValueError(f"holds {values.size} values, expected 1")
-    value = values[0]
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="replace")
-    return str(value).strip()
-
-
-def _npy_landmarks_text(path: str) -> str:
-    values = np.asarray(files.load_npy(path)).reshape(-1).astype("float64")
-    if values.size != 2 * LANDMARK_COUNT or not np.isfinite(values).all():
-        raise ValueError(f"holds {values.size} values, expected {2 * LANDMARK_COUNT} numbers")
-    return ";".join(f"{value:g}" for value in values)
-
-
-def _read_npy_chunk(arguments: tuple[str, list[str]]) -> list[tuple[str, str, str, str, str, str]]:
-    """Read the annotations of some ids: (expression, valence, arousal, landmarks, problem, note)."""
-    folder, ids = arguments
-    present = set(os.listdir(folder))
-    results = []
-    for image_id in ids:
-        values = {}
-        problem = ""
-        notes = []
-        for key, suffix in _NPY_SUFFIXES.items():
-            name = f"{image_id}_{suffix}.npy"
-            if name not in present:
-                if key == "expression":
-                    problem = problem or f"missing annotation file: {name}"
-                elif key in ("valence", "arousal"):
-                    notes.append(f"{name} missing, {key} not annotated")
-                values[key] = str(NOT_ANNOTATED_MARKER) if key != "landmarks" else ""
-                continue
-            try:
-                reader = _npy_landmarks_text if key == "landmarks" else _npy_scalar_text
-                values[key] = reader(os.path.join(folder, name))
-            except Exception as error:  # noqa: BLE001 - any unreadable file is reported, never raised
-                if key == "landmarks":
-                    notes.append(f"landmarks unreadable ({name}), left empty")
-                    values[key] = ""
-                else:
-                    problem = problem or f"unreadable annotation file: {name}: {error}"
-                    values[key] = ""
-        results.append((values["expression"], values["valence"], values["arousal"],
-                        values["landmarks"], problem, "; ".join(notes)))
-    return results
-
-
-def read_affectnet_npy_layout(labels_root: Path, images_root: Path, workers: int = 0,
-                              chunk_size: int = 512, progress: bool = True) -> LabelTable:
-    """Read every ``annotations`` folder under the labels root with its ``images`` folder."""
-    annotation_folders = sorted(path for path in labels_root.rglob("annotations") if path.is_dir())
-    if not annotation_folders:
-        raise PipelineError(f"layout affectnet_npy: no annotations folder under {labels_root}")
-    tables = []
-    for folder in annotation_folders:
-        set_relative = folder.parent.relative_to(labels_root).as_posix()
-        set_relative = "" if set_relative == "." else set_relative
-        source_split = _split_of_set_folder(folder.parent.name)
-        ids = sorted({match.group("id") for name in os.listdir(folder) if (match := _NPY_NAME.match(name))})
-        image_folder = images_root / set_relative / "images"
-        images_by_id: dict[str, str] = {}
-        if image_folder.is_dir():
-            for entry in os.scandir(image_folder):
-                stem, extension = os.path.splitext(entry.name)
-                if extension.lower() in IMAGE_EXTENSIONS:
-                    images_by_id.setdefault(stem, entry.name)
-        chunks = [(str(folder), ids[start:start + chunk_size]) for start in range(0, len(ids), chunk_size)]
-        values = image_checks.map_in_processes(
-            _read_npy_chunk, chunks, workers, f"reading {set_relative or 'annotations'}",
-            sizes=[len(chunk[1]) for chunk in chunks], progress=progress,
-        )
-        columns = list(zip(*values)) if values else [()] * 6
-        prefix = f"{set_relative}/" if set_relative else ""
-        image_names = pd.Series([images_by_id.get(image_id, "") for image_id in ids], dtype=object)
-        raw = pd.DataFrame({
-            "filename": (prefix + "images/" + image_names).where(image_names != "", ""),
-            "expression": pd.Series(columns[0], dtype=object),
-            "valence": pd.Series(columns[1], dtype=object),
-            "arousal": pd.Series(columns[2], dtype=object),
-            "landmarks": pd.Series(columns[3], dtype=object),
-            "problem": pd.Series(columns[4], dtype=object),
-            "source_split": source_split,
-            "source_file": [f"{prefix}annotations/{image_id}_exp.npy" for image_id in ids],
-        })
-        no_image = (image_names == "") & (raw["problem"] == "")
-        raw.loc[no_image, "problem"] = "missing file: no image for this annotation in " + (prefix + "images/")
-        raw.loc[no_image, "filename"] = [f"{prefix}images/{image_id}.jpg" for image_id in np.array(ids)[no_image.to_numpy()]]
-        table = validate_annotations(raw, with_face_box=False)
-        read_notes = pd.Series(columns[5], dtype=object)
-        noted = (read_notes != "").to_numpy()
-        table.notes = _concat([table.notes, pd.DataFrame({
-            "filename": raw["filename"][noted].to_numpy(dtype=object),
-            "source_file": raw["source_file"][noted].to_numpy(dtype=object),
-            "note": read_notes[noted].to_numpy(dtype=object),
-        })], _empty_notes())
-        # Images that no annotation describes are listed too: nothing the source holds is lost.
-        annotated = set(ids)
-        unannotated = sorted(name for stem, name in images_by_id.items() if stem not in annotated)
-        table.rejected = _concat([table.rejected, pd.DataFrame({
-            "filename": [f"{prefix}images/{name}" for name in unannotated],
-            "source_file": f"{prefix}images",
-            "reason": "image without annotation",
-        })], _empty_rejected())
-        table.rows_read += len(unannotated)
-        tables.append(table)
-    return _combine(tables)
-
-
-# ----------------------------------------------------------------------------------------------
 # Layout 3: a folder per class, optionally inside split folders
+
+
+def _list_tree(images_root: Path) -> tuple[list[str], list[str]]:
+    """Every file under the root (relative paths), and the symbolic links to folders found there.
+
+    Links to folders are not followed (``os.walk``'s default): they are listed so that the
+    folder they stand for is reported rather than silently left out.
+    """
+    relative_paths: list[str] = []
+    linked_folders: list[str] = []
+    for directory, folder_names, file_names in os.walk(images_root):
+        folder_names.sort()
+        relative_directory = Path(directory).relative_to(images_root).as_posix()
+        prefix = "" if relative_directory == "." else relative_directory + "/"
+        relative_paths.extend(prefix + name for name in sorted(file_names))
+        linked_folders.extend(prefix + name for name in folder_names if os.path.islink(os.path.join(directory, name)))
+    return relative_paths, linked_folders
 
 
 def read_class_folders(images_root: Path) -> LabelTable:
     """One row per image file under ``[split/]class/``; unknown folders and stray files rejected."""
     if not images_root.is_dir():
         raise PipelineError(f"layout class_folders: images root {images_root} does not exist")
-    relative_paths: list[str] = []
-    for directory, folder_names, file_names in os.walk(images_root):
-        folder_names.sort()
-        relative_directory = Path(directory).relative_to(images_root).as_posix()
-        prefix = "" if relative_directory == "." else relative_directory + "/"
-        relative_paths.extend(prefix + name for name in sorted(file_names))
+    relative_paths, linked_folders = _list_tree(images_root)
     paths = pd.Series(relative_paths, dtype=object)
     parts = paths.str.split("/")
     depth = parts.str.len()
@@ -520,11 +133,11 @@ def read_class_folders(images_root: Path) -> LabelTable:
     extension = paths.str.extract(r"(\.[^./]+)$", expand=False).fillna("").str.lower()
 
     reasons = np.full(len(paths), "", dtype=object)
-    _first_reason_wins(reasons, ~extension.isin(list(IMAGE_EXTENSIONS)).to_numpy(),
+    first_reason_wins(reasons, ~extension.isin(list(IMAGE_EXTENSIONS)).to_numpy(),
                        "not an image file extension: '" + extension + "'")
     outside_class = (depth < 2) | (first_is_split & (depth < 3))
-    _first_reason_wins(reasons, outside_class.to_numpy(), "image not inside a class folder")
-    _first_reason_wins(reasons, label.isna().to_numpy(), "unknown class folder: " + class_folder)
+    first_reason_wins(reasons, outside_class.to_numpy(), "image not inside a class folder")
+    first_reason_wins(reasons, label.isna().to_numpy(), "unknown class folder: " + class_folder)
     accepted = reasons == ""
     rejected = pd.DataFrame({
         "filename": paths[~accepted].to_numpy(dtype=object),
@@ -540,13 +153,14 @@ def read_class_folders(images_root: Path) -> LabelTable:
         "source_split": source_split[accepted].to_numpy(dtype=object),
         "source_file": source_folder[accepted].to_numpy(dtype=object),
     })
-    for column in (*manifest.FACE_BOX_COLUMNS, "valence", "arousal"):
+    for column in (*manifest.FACE_BOX_COLUMNS, "valence", "arousal", "image_width", "image_height"):
         rows[column] = np.nan
+    rows["affect_annotation"] = ""
     rows["landmarks"] = ""
-    rows["image_width"] = np.nan
-    rows["image_height"] = np.nan
-    return LabelTable(rows=rows[list(manifest.MANIFEST_COLUMNS)], rejected=rejected,
-                      notes=_empty_notes(), rows_read=len(paths))
+    linked = pd.DataFrame({"filename": linked_folders, "source_file": linked_folders,
+                           "reason": "symbolic link to a folder, not followed"})
+    return LabelTable(rows=rows[list(manifest.MANIFEST_COLUMNS)], rejected=concat([rejected, linked], empty_rejected()),
+                      notes=empty_notes(), rows_read=len(paths) + len(linked_folders))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -560,48 +174,29 @@ def drop_duplicates(table: LabelTable) -> LabelTable:
     if not duplicated.any():
         return table
     first_source = rows.groupby("filename", sort=False)["source_file"].transform("first")
-    rejected = pd.DataFrame({
-        "filename": rows["filename"][duplicated].to_numpy(dtype=object),
-        "source_file": rows["source_file"][duplicated].to_numpy(dtype=object),
-        "reason": ("duplicate row: first kept at " + first_source[duplicated]).to_numpy(dtype=object),
-    })
-    return dataclasses.replace(
-        table,
-        rows=rows[~duplicated].reset_index(drop=True),
-        rejected=_concat([table.rejected, rejected], _empty_rejected()),
-    )
+    reasons = np.where(duplicated, ("duplicate row: first kept at " + first_source).to_numpy(dtype=object), "")
+    return reject_rows(table, reasons.astype(object))
+
+
+def reject_unsafe_paths(table: LabelTable, images_root: Path) -> LabelTable:
+    """Reject paths that lead outside the images root or name no regular file (never opened)."""
+    return reject_rows(table, image_paths.path_problems(images_root, table.rows["filename"]))
 
 
 def apply_image_checks(table: LabelTable, images_root: Path, max_pixels: int, workers: int,
                        progress: bool = True) -> LabelTable:
     """Open every image; reject unusable ones, record sizes, note conversions."""
-    rows = table.rows
+    rows = table.rows.copy()
     results = image_checks.check_images(
         (images_root / filename for filename in rows["filename"]), max_pixels, workers, progress=progress
     )
     ok = np.array([result.ok for result in results], dtype=bool)
     reasons = np.array([result.reason for result in results], dtype=object)
     image_notes = np.array([result.note for result in results], dtype=object)
-    rows = rows.copy()
     rows["image_width"] = np.array([result.width for result in results], dtype="float64")
     rows["image_height"] = np.array([result.height for result in results], dtype="float64")
-    rejected = pd.DataFrame({
-        "filename": rows["filename"][~ok].to_numpy(dtype=object),
-        "source_file": rows["source_file"][~ok].to_numpy(dtype=object),
-        "reason": reasons[~ok],
-    })
-    noted = ok & (image_notes != "")
-    notes = pd.DataFrame({
-        "filename": rows["filename"][noted].to_numpy(dtype=object),
-        "source_file": rows["source_file"][noted].to_numpy(dtype=object),
-        "note": image_notes[noted],
-    })
-    return dataclasses.replace(
-        table,
-        rows=rows[ok].reset_index(drop=True),
-        rejected=_concat([table.rejected, rejected], _empty_rejected()),
-        notes=_concat([table.notes, notes], _empty_notes()),
-    )
+    notes = listed(rows, ok & (image_notes != ""), "note", image_notes)
+    return reject_rows(table, np.where(ok, "", reasons).astype(object), rows=rows, notes=notes)
 
 
 def fit_face_boxes(table: LabelTable) -> LabelTable:
@@ -654,8 +249,8 @@ def fit_face_boxes(table: LabelTable) -> LabelTable:
     return dataclasses.replace(
         table,
         rows=rows[~outside].reset_index(drop=True),
-        rejected=_concat([table.rejected, rejected], _empty_rejected()),
-        notes=_concat([table.notes, notes], _empty_notes()),
+        rejected=concat([table.rejected, rejected], empty_rejected()),
+        notes=concat([table.notes, notes], empty_notes()),
     )
 
 
@@ -678,7 +273,7 @@ def build_manifest(config: Config, progress: bool = True) -> tuple[LabelTable, s
         table = read_class_folders(paths.images_root)
     else:
         raise PipelineError(f"[labels] layout: unknown layout {layout!r}")
-    table = drop_duplicates(table)
+    table = reject_unsafe_paths(drop_duplicates(table), paths.images_root)
     if settings.check_images and len(table.rows):
         table = apply_image_checks(table, paths.images_root, settings.max_image_pixels, settings.workers, progress)
     table = fit_face_boxes(table)
