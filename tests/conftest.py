@@ -1,4 +1,5 @@
-"""Shared test set-up: the FER2013 faces of the session and the ``shared_data`` marker."""
+"""Shared test set-up: the FER2013 faces of the session, the ``shared_data`` marker, and
+Hypothesis's files kept in pytest's temporary folder (never in the checkout)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,15 @@ import tarfile
 import pytest
 
 import fer_data
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    # After pytest's own set-up of its temporary folder (trylast); Hypothesis writes its example
+    # database and the constants it collects from the code there instead of ./.hypothesis.
+    from hypothesis import configuration
+
+    configuration.set_hypothesis_home_dir(config._tmp_path_factory.getbasetemp() / "hypothesis")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -169,3 +169,19 @@ def test_names_that_are_not_utf8_are_skipped_and_counted(tmp_path, extracted):
     summary = files.read_json(tmp_path / "reports" / "consolidate_summary.json")
     assert summary["images"] == 4 and summary["invalid_names_skipped"] == 2
     assert consolidate.run(config) == 0
+
+
+@pytest.mark.parametrize("link_mode", ["auto", "copy"])
+def test_links_out_of_the_dataset_and_fifos_are_skipped_unopened(tmp_path, extracted, link_mode):
+    folder = extracted / "AffectNet" / "Manually_Annotated_Images" / "689"
+    outside = write(tmp_path / "elsewhere" / "private.jpg", b"not part of the dataset")
+    (folder / "escape.jpg").symlink_to(outside)
+    (folder / "inside.jpg").symlink_to(folder / "a.jpg")
+    os.mkfifo(folder / "pipe.jpg")
+    config = make_config(tmp_path, link_mode=link_mode)
+    assert consolidate.run(config) == 0  # a FIFO copied or opened would block here
+    images = tmp_path / "data" / "interim" / "images" / "689"
+    assert not (images / "escape.jpg").exists() and not (images / "pipe.jpg").exists()
+    assert (images / "inside.jpg").read_bytes() == b"face a"
+    summary = files.read_json(tmp_path / "reports" / "consolidate_summary.json")
+    assert summary["special_files_skipped"] == 2

@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -108,6 +109,22 @@ class _Counts:
     conflicts: int = 0
     # Files and folders whose names are not valid UTF-8: skipped, with a warning naming each.
     invalid_names_skipped: int = 0
+    # Links leading outside the dataset, FIFOs, sockets, devices: skipped, with a warning naming each.
+    special_files_skipped: int = 0
+
+
+def _not_placeable(path: Path, root: Path) -> str | None:
+    """Why ``path`` cannot be placed (None: it can): only regular files are, and symbolic links
+    to one inside the dataset's own folder; a FIFO is never opened (copying one blocks)."""
+    mode = os.lstat(path).st_mode
+    if stat.S_ISLNK(mode):
+        resolved = path.resolve()
+        if not resolved.is_relative_to(root.resolve()):
+            return f"a symbolic link leading outside the dataset (to {resolved})"
+        return None if resolved.is_file() else "a symbolic link to something that is not a file"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a named pipe, socket or device)"
+    return None
 
 
 def _source_folders(extracted_root: Path) -> list[Path]:
@@ -168,6 +185,11 @@ def _consolidate(
                     continue
                 relative = (relative_folder / name).as_posix()
                 source_file = Path(directory) / name
+                reason = _not_placeable(source_file, root)
+                if reason is not None:
+                    logger.warning("skipping %s: %s", source_file, reason)
+                    counts.special_files_skipped += 1
+                    continue
                 kept = placed.get((kind, relative))
                 if kept is not None:
                     duplicate_rows.append(_duplicate_row(kept, source_file, relative, kind, counts))
