@@ -187,7 +187,7 @@ def calibrate_run(config, section_name: str, run_dir: Path, validation_rows, cla
     wanted = {
         "method": method,
         "test_time_augmentation": evaluation_config.test_time_augmentation,
-        "crop_fraction": evaluation_config.crop_fraction,
+        "crop_fraction": evaluation.CROP_FRACTION,
         "validation_rows": int(len(validation_rows)),
         "split_manifest": files.file_digest(config.paths.split_manifest),
     }
@@ -209,9 +209,9 @@ def calibrate_run(config, section_name: str, run_dir: Path, validation_rows, cla
               f"({evaluation_config.test_time_augmentation} views) ...")
         probabilities, unreadable = evaluation.predict(
             model, validation_rows, config.paths.images_root, info["image_size"], info["channels"],
-            evaluation_config.batch_size, face_margin=config.generator.face_margin,
+            evaluation.BATCH_SIZE, face_margin=config.generator.face_margin,
             test_time_augmentation=evaluation_config.test_time_augmentation,
-            crop_fraction=evaluation_config.crop_fraction, per_view=True,
+            crop_fraction=evaluation.CROP_FRACTION, per_view=True,
             equalize_histogram=bool(info.get("equalize_histogram", False)),
         )
         readable = ~np.isnan(probabilities).any(axis=(1, 2))

@@ -60,6 +60,11 @@ DOCS_HINT = "see docs/google_drive.md"
 
 # A request that hangs (a stalled connection) fails after this long and is retried like a drop.
 REQUEST_TIMEOUT_SECONDS = 120
+# Tries after the first for a request that fails transiently, and the download chunk size.
+MAX_RETRIES = 6
+CHUNK_SIZE = 16 * 1024 * 1024
+# The Drive API's address: empty for Google's; tests point it at a local fake server.
+API_ENDPOINT = ""
 # Exponential backoff never waits longer than this between two tries.
 MAX_BACKOFF_SECONDS = 64.0
 # Drive IDs are URL-safe base64-like words; checking them keeps a typo or a pasted URL out of
@@ -309,7 +314,7 @@ class Retrier:
 
     def __init__(self, max_retries: int, base_delay: float, sleep: Callable[[float], None] = time.sleep):
         if max_retries < 0:
-            raise PipelineError(f"get_data.drive_max_retries: must not be negative, got {max_retries}")
+            raise ValueError(f"max_retries must not be negative, got {max_retries}")
         if base_delay < 0:
             raise ValueError(f"retry base delay must not be negative, got {base_delay}")
         self.max_retries = max_retries
@@ -507,7 +512,7 @@ def list_remote_files(
             ) from None
         except _TRANSPORT_ERRORS as error:
             raise PipelineError(
-                f"could not reach Google Drive at {settings.drive_api_endpoint or 'www.googleapis.com'} "
+                f"could not reach Google Drive at {API_ENDPOINT or 'www.googleapis.com'} "
                 f"after {retrier.max_retries + 1} tries: {describe_error(error)}; "
                 "check the network connection"
             ) from None
@@ -729,7 +734,7 @@ def download(
 
     ``credentials`` (tests) skips :func:`load_credentials`; ``retry_base_delay`` and ``sleep``
     set the backoff (the first retry waits ``retry_base_delay`` seconds, then twice as long...);
-    ``chunk_size`` in bytes overrides ``settings.drive_chunk_size_mb``. Per-file problems end up
+    ``chunk_size`` in bytes overrides ``CHUNK_SIZE``. Per-file problems end up
     in ``result.failures``; a problem that stops everything raises ``PipelineError``.
     """
     if not settings.drive_folder_id and not settings.drive_file_ids:
@@ -738,17 +743,15 @@ def download(
             "get_data.drive_file_ids is set; give the folder ID from the folder's sharing link, e.g. "
             f"get_data.drive_folder_id=1AbC... ({DOCS_HINT})"
         )
-    chunk_size = chunk_size if chunk_size is not None else settings.drive_chunk_size_mb * 1024 * 1024
+    chunk_size = chunk_size if chunk_size is not None else CHUNK_SIZE
     if chunk_size <= 0:
-        raise PipelineError(
-            f"get_data.drive_chunk_size_mb: must be positive, got {settings.drive_chunk_size_mb}"
-        )
-    retrier = Retrier(settings.drive_max_retries, retry_base_delay, sleep)
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    retrier = Retrier(MAX_RETRIES, retry_base_delay, sleep)
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
     if credentials is None:
         credentials = load_credentials(settings, authorize)
-    service = build_service(credentials, settings.drive_api_endpoint)
+    service = build_service(credentials, API_ENDPOINT)
     try:
         result = _download_all(service, settings, destination, retrier, chunk_size)
     except google.auth.exceptions.RefreshError:

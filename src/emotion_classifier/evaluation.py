@@ -51,7 +51,11 @@ MANIFEST_SPLITS: tuple[str, ...] = ("test", "valid")
 FOLDER_EVALUATION_SPLITS: tuple[str, ...] = ("test", "validation")
 # Images decoded in parallel threads (Pillow releases the interpreter lock while decoding).
 DECODE_THREADS = min(8, os.cpu_count() or 1)
-# The evaluation section of each training section (test-time augmentation, batch size).
+# Images classified per call of the model.
+BATCH_SIZE = 64
+# test_time_augmentation = "flip_crops": the side of each crop, as a fraction of the image's.
+CROP_FRACTION = 0.9
+# The evaluation section of each training section (its test-time augmentation).
 EVALUATION_SECTIONS = {"model_4": "model_evaluation_4", "model_6": "model_evaluation_6"}
 
 
@@ -432,9 +436,9 @@ def run(config: Config, force: bool = False, section: str = "model_evaluation_4"
     model, _ = model_io.load_trained_model(model_path)
     probabilities, unreadable = predict(
         model, match.rows, data.images_root, int(info["image_size"]), int(info["channels"]),
-        evaluation_config.batch_size, face_margin=config.generator.face_margin,
+        BATCH_SIZE, face_margin=config.generator.face_margin,
         test_time_augmentation=evaluation_config.test_time_augmentation,
-        crop_fraction=evaluation_config.crop_fraction,
+        crop_fraction=CROP_FRACTION,
         equalize_histogram=bool(info.get("equalize_histogram", False)),
     )
     readable = ~np.isnan(probabilities).any(axis=1)

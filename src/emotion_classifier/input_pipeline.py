@@ -55,6 +55,11 @@ logger = logging.getLogger(__name__)
 GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], dtype="float32")
 
 CLASSES_FILE_NAME = "classes.json"
+# Training rows held for shuffling: file names, or decoded images with ``[generator] cache``
+# (small datasets only). 30,000 holds all of FER2013's training faces.
+SHUFFLE_BUFFER = 30_000
+# Images of the augmented batch that the custom_generator.py stage saves as a PNG.
+PREVIEW_IMAGES = 16
 
 # Rows whose image headers make_dataset reads to find whether all face crops share one size.
 CROP_SHAPE_SAMPLE = 32
@@ -402,7 +407,7 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
         raise ValueError(f"image_size and batch_size must be positive, got {image_size}, {batch_size}")
     if len(frame) == 0:
         raise ValueError("make_dataset needs at least one row")
-    parallel_calls = generator_config.parallel_calls or tf.data.AUTOTUNE
+    parallel_calls = tf.data.AUTOTUNE
     margin = float(generator_config.face_margin)
 
     paths = np.array(_image_paths(frame, images_root))
@@ -602,7 +607,7 @@ def make_dataset(frame: pd.DataFrame, images_root: str | Path, image_size: int, 
     else:
         # Each element carries its row (of the arrays as ordered above), which names a skipped file.
         dataset = tf.data.Dataset.from_tensor_slices((np.arange(len(paths), dtype="int64"), paths, boxes, labels))
-        shuffle_buffer = max(1, min(generator_config.shuffle_buffer, len(frame)))
+        shuffle_buffer = max(1, min(SHUFFLE_BUFFER, len(frame)))
         if training and not generator_config.cache:
             # Shuffling file names before decoding keeps the buffer cheap (strings, not pixels).
             dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
@@ -638,7 +643,7 @@ def _training_batches_read_whole(paths: np.ndarray, boxes: np.ndarray, labels: n
     map call, ``ignore_errors``), not decoding, sets the pace: measured on 2 cores, a pipeline
     with one element per file delivered 0.6 to 0.7 of what decoding alone does, before any
     resizing. Here an element is a whole batch: each pass draws a fresh permutation of the rows
-    (a full shuffle, so ``shuffle_buffer`` plays no part), cuts it into batches, and one
+    (a full shuffle, so ``SHUFFLE_BUFFER`` plays no part), cuts it into batches, and one
     ``tf.map_fn`` call reads and decodes each batch's files. Batches are left uint8 at
     ``common_shape``; conversion and resizing follow as a separate stage (measured as fast as
     doing them in the same call, and shared with the per-file path).
@@ -1104,7 +1109,7 @@ def run(config, force: bool = False) -> int:
         Path(config.paths.reports) / "figures" / ".augmented_batch.stamp.json",
         {"generator": dataclasses.asdict(generator_config), "image_size": model_config.image_size,
          "channels": model_config.channels, "batch_size": model_config.batch_size,
-         "input_mode": model_config.input_mode},
+         "input_mode": model_config.input_mode, "seed": model_config.seed},
         [config.paths.split_manifest, Path(config.paths.processed) / CLASSES_FILE_NAME],
     )
     if stamp.is_current() and not force:
@@ -1121,7 +1126,7 @@ def run(config, force: bool = False) -> int:
                                         model_config.image_size, model_config.channels, generator_config.face_margin,
                                         equalize_histogram=model_config.equalize_histogram)
         batches = in_memory.ArrayBatches(
-            arrays[0], arrays[1], model_config.batch_size, training=True, seed=generator_config.seed,
+            arrays[0], arrays[1], model_config.batch_size, training=True, seed=model_config.seed,
             augmentation=in_memory.FaceAugmentation.from_config(generator_config),
             num_classes=training.one_hot_classes(generator_config, len(classes)),
             mixup=training.mixup_alpha(generator_config),
@@ -1131,7 +1136,7 @@ def run(config, force: bool = False) -> int:
         dataset = make_dataset(
             training_rows, config.paths.images_root, model_config.image_size, model_config.channels,
             model_config.batch_size, training=True, generator_config=generator_config,
-            seed=generator_config.seed, equalize_histogram=model_config.equalize_histogram,
+            seed=model_config.seed, equalize_histogram=model_config.equalize_histogram,
         )
         iterator = (tuple(part.numpy() for part in batch) for batch in dataset.repeat())
 
@@ -1150,7 +1155,7 @@ def run(config, force: bool = False) -> int:
     seconds = time.perf_counter() - started
     images_per_second = timed_images / seconds if seconds > 0 else float("inf")
 
-    shown = min(generator_config.preview_images, len(images))
+    shown = min(PREVIEW_IMAGES, len(images))
     columns = min(8, shown)
     rows = math.ceil(shown / columns)
     figure, axes = pyplot.subplots(rows, columns, figsize=(2 * columns, 2.2 * rows), squeeze=False)

@@ -25,8 +25,8 @@ Training code uses Keras only (no TensorFlow calls) except in ``input_mode = "tf
 
 Several devices (``strategy``, see ``distribute.py``): the model is built and compiled inside
 the strategy's scope; every worker trains, only the chief writes the run folder (which must be
-on storage all workers see, for a multi-worker run to resume). ``mixed_precision`` and ``xla``
-are settings of the same section.
+on storage all workers see, for a multi-worker run to resume). ``mixed_precision`` is a setting
+of the same section.
 """
 
 from __future__ import annotations
@@ -213,13 +213,9 @@ def train(config, section_name: str, force: bool = False) -> Path:
         ensemble.build_run(config, section_name, classes, counts, force)
         _calibrate(config, section_name, run_dir, validation_rows, classes, counts)
         return run_dir
-    if mixup_alpha(config.generator) > 0 and model_config.input_mode != "memory":
-        raise PipelineError(f"generator.mixup needs {section_name}.input_mode = \"memory\" "
-                            f"(it is {model_config.input_mode!r})")
     class_weights = class_balanced_weights(counts, model_config.class_balanced_beta)
-    # Before the fingerprint, which (like config.json) records the answer, not "auto".
-    resolve_resize_in_model(config, model_config, training_rows)
-    fingerprint = _run_fingerprint(config, section_name)
+    resize_in_model = resolve_resize_in_model(config, model_config, training_rows)
+    fingerprint = _run_fingerprint(config, section_name, resize_in_model)
     strategy = distribute.make_strategy(model_config.strategy)
     chief = distribute.is_chief(strategy)
 
@@ -238,31 +234,26 @@ def train(config, section_name: str, force: bool = False) -> Path:
     # A resumed run draws fresh random numbers for its remaining epochs rather than replaying
     # those of epoch 0.
     keras.utils.set_random_seed(model_config.seed + initial_epoch)
-    jit_compile = distribute.jit_compile_argument(model_config.xla)
     with distribute.strategy_scope(strategy), distribute.precision_policy(model_config.mixed_precision):
         if state:
             checkpoint_path = run_dir / CHECKPOINT_DIR_NAME / state["checkpoint"]
             model = keras.saving.load_model(checkpoint_path, compile=True, safe_mode=True)
-            # Not part of the run's fingerprint: a resumed run takes the current setting.
-            model.steps_per_execution = model_config.steps_per_execution
             if chief:
                 _truncate_metrics(run_dir / METRICS_NAME, initial_epoch)
             print(f"resuming {run_dir} after epoch {initial_epoch} of {model_config.epochs}")
         else:
-            model = build_model(section_name, model_config, len(classes))
+            model = build_model(section_name, model_config, len(classes), resize_in_model)
             model.compile(
                 optimizer=make_optimizer(model_config, _steps_per_epoch(len(training_rows), model_config)),
                 loss=WeightedCrossEntropy(class_weights, label_smoothing=model_config.label_smoothing),
                 metrics=["accuracy"],
-                jit_compile=jit_compile,
-                steps_per_execution=model_config.steps_per_execution,
             )
             if model_config.start_from_run:
                 start_from_finished_run(model, config, section_name, classes)
 
 
     training_data, validation_data, steps_per_epoch, skipped = _make_inputs(
-        config, model_config, training_rows, validation_rows, len(classes), strategy
+        config, model_config, training_rows, validation_rows, len(classes), strategy, resize_in_model
     )
     early_stopping = ResumableEarlyStopping(model_config.patience, state, model_config.monitor)
     checkpoint = RunCheckpoint(
@@ -320,8 +311,8 @@ def recipe_runs(summary: dict) -> dict[str, float]:
     return dict(summary.get("recipe_runs") or {summary["run_name"]: float(summary.get("seconds") or 0.0)})
 
 
-def resolve_resize_in_model(config, model_config, training_rows: pd.DataFrame) -> None:
-    """Replace ``resize_in_model = "auto"`` by what it means for these training rows.
+def resolve_resize_in_model(config, model_config, training_rows: pd.DataFrame) -> bool:
+    """Whether the model takes images of any size and enlarges them itself (its first layer).
 
     True when a sample of the face crops shares one size smaller than ``image_size`` (FER2013's
     48-pixel faces at 112): the host then hands them over at their own size and the model's first
@@ -330,17 +321,15 @@ def resolve_resize_in_model(config, model_config, training_rows: pd.DataFrame) -
     larger or mixed sizes, which the host shrinks with antialiasing anyway, for TFRecords (written
     at image_size) and for equalised faces (equalised on the model's grid, after resizing).
     """
-    if model_config.resize_in_model != "auto":
-        return
     common_shape = None
     reads_tfrecords = model_config.input_mode == "tf_data" and config.generator.source == "tfrecords"
     if not reads_tfrecords and not model_config.equalize_histogram:
         common_shape = input_pipeline.crops_smaller_than_input(
             training_rows, config.paths.images_root, model_config.image_size, config.generator.face_margin)
-    model_config.resize_in_model = common_shape is not None
     if common_shape is not None:
-        print(f"resize_in_model = \"auto\": the face crops are {common_shape[0]}x{common_shape[1]}, smaller "
-              f"than image_size {model_config.image_size}; the model enlarges them itself (its first layer)")
+        print(f"the face crops are {common_shape[0]}x{common_shape[1]}, smaller than image_size "
+              f"{model_config.image_size}: the model enlarges them itself (its first layer)")
+    return common_shape is not None
 
 
 def _calibrate(config, section_name: str, run_dir: Path, validation_rows: pd.DataFrame, classes: list[str],
@@ -429,27 +418,23 @@ def run_model_6(config, force: bool = False) -> int:
     return 0
 
 
-def _run_fingerprint(config, section_name: str) -> str:
-    """What a run's result depends on: its section, the input pipeline and the split files.
+def _run_fingerprint(config, section_name: str, resize_in_model: bool) -> str:
+    """What a run's result depends on: its resolved section (training keys included), whether the
+    model resizes its inputs, the input pipeline and the split files.
 
     The strategy is left out: it changes where training runs, not what it computes, so a run
-    interrupted on one GPU may resume on several; so is steps_per_execution (how many of the same
-    steps go to the device per call), and the decision calibration, which is applied to the
-    finished run (calibration.calibrate_run).
+    interrupted on one GPU may resume on several; so is the decision calibration, which is
+    applied to the finished run (calibration.calibrate_run).
     """
     model_settings = dict(config.to_dict()[section_name])
     model_settings.pop("strategy")
-    model_settings.pop("steps_per_execution")
     # Calibration is applied to a finished run's best model; it does not change training.
     model_settings.pop("decision_calibration")
     model_settings.pop("decision_recall_floor")
-    # Runs from before these settings existed were trained without them: their fingerprint stays.
-    for added_later in ("equalize_histogram", "resize_in_model", "ensemble_runs", "start_from_run"):
-        if not model_settings.get(added_later):
-            model_settings.pop(added_later, None)
     settings = {
         "section": section_name,
         "model": model_settings,
+        "resize_in_model": resize_in_model,
         "generator": config.to_dict()["generator"],
         "split_manifest": files.file_digest(config.paths.split_manifest),
         "classes": files.file_digest(Path(config.paths.processed) / input_pipeline.CLASSES_FILE_NAME),
@@ -595,7 +580,7 @@ def _code_version() -> str:
 
 
 def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_rows: pd.DataFrame,
-                 num_classes: int, strategy=None):
+                 num_classes: int, strategy=None, resize_in_model: bool = False):
     """Training and validation inputs for the configured input mode, and the steps per epoch."""
     full_steps = math.ceil(len(training_rows) / model_config.batch_size)
     steps = min(full_steps, model_config.max_steps_per_epoch) if model_config.max_steps_per_epoch > 0 else full_steps
@@ -615,12 +600,12 @@ def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_r
             training_data = input_pipeline.make_dataset(
                 training_rows, *shape, training=True, generator_config=config.generator, seed=model_config.seed,
                 drop_remainder=drop_remainder, decode_counter=counter,
-                equalize_histogram=model_config.equalize_histogram, resize_in_model=model_config.resize_in_model,
+                equalize_histogram=model_config.equalize_histogram, resize_in_model=resize_in_model,
             )
             validation_data = input_pipeline.make_dataset(
                 validation_rows, *shape, training=False, generator_config=config.generator,
                 decode_counter=counter, equalize_histogram=model_config.equalize_histogram,
-                resize_in_model=model_config.resize_in_model,
+                resize_in_model=resize_in_model,
             )
         # Repeated, so that capped epochs keep drawing new batches instead of running dry.
         training_data = distribute.shard_for_workers(training_data.repeat(), strategy)
@@ -632,7 +617,7 @@ def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_r
     def host_size(rows: pd.DataFrame) -> int:
         # Smaller than image_size when the model enlarges the faces itself (resize_in_model).
         return input_pipeline.handover_size(rows, config.paths.images_root, model_config.image_size,
-                                            config.generator.face_margin, model_config.resize_in_model,
+                                            config.generator.face_margin, resize_in_model,
                                             model_config.equalize_histogram)
 
     if model_config.input_mode == "memory":
@@ -651,14 +636,14 @@ def _make_inputs(config, model_config, training_rows: pd.DataFrame, validation_r
         one_hot = one_hot_classes(config.generator, num_classes)
         training_data = in_memory.ArrayBatches(
             *arrays["train"], model_config.batch_size, training=True, seed=model_config.seed, max_batches=steps,
-            augmentation=augmentation, workers=config.generator.parallel_calls or os.cpu_count() or 1,
+            augmentation=augmentation, workers=os.cpu_count() or 1,
             num_classes=one_hot, mixup=mixup_alpha(config.generator),
         )
         validation_data = in_memory.ArrayBatches(*arrays["valid"], model_config.batch_size, training=False,
                                                  num_classes=one_hot)
         # Decoded once, when the arrays were cached: load_arrays logged the names then.
         return training_data, validation_data, steps, SkippedImages(lambda: left_out)
-    workers = config.generator.parallel_calls or os.cpu_count() or 1
+    workers = os.cpu_count() or 1
     training_data = input_pipeline.ImageBatches(
         training_rows, config.paths.images_root, host_size(training_rows), model_config.channels,
         model_config.batch_size, training=True, generator_config=config.generator,
