@@ -108,8 +108,8 @@ def test_a_missing_or_different_source_is_named(source_run):
 
 
 @pytest.mark.parametrize("run_name, start_from, ensemble_runs, message", [
-    ("same", "same", [], "cannot start from itself"),
-    ("new", "../other", [], "not a run name"),
+    ("same", "same", [], "'same' is not the run name of another run"),
+    ("new", "../other", [], "'../other' is not the run name of another run"),
     ("new", "first", ["a", "b"], "exclude each other"),
 ])
 def test_start_from_run_is_checked_with_the_configuration(tmp_path, run_name, start_from, ensemble_runs, message):

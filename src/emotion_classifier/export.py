@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="emotion-export",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Overrides: KEY=VALUE sets [export] KEY (for example tflite_variants='["int8"]'), "
+        epilog="Overrides: KEY=VALUE sets [export] KEY (for example representative_images=faces), "
                "SECTION.KEY=VALUE any other section.",
     )
     parser.add_argument("--model", help="trained .keras model (default: export.model, else the shipped model)")
