@@ -25,7 +25,7 @@ import keras  # noqa: E402  (after common, which sets the import path)
 import numpy as np  # noqa: E402
 
 from emotion_classifier import distribute, models  # noqa: E402
-from emotion_classifier.config import MODEL_PRESETS, ModelConfig  # noqa: E402
+from emotion_classifier.config import MODEL_PRESETS, Model4Config  # noqa: E402
 
 PRESETS = ("fer_vgg", "fer_vgg_cpu")
 BATCH_SIZE = 128
@@ -35,10 +35,9 @@ NUM_CLASSES = 7
 
 def build_preset(preset: str) -> keras.Model:
     """model_4 with the preset's settings at 48x48x1, 7 classes, under the current dtype policy
-    (built as training builds it, from a ModelConfig)."""
+    (built as training builds it, from a Model4Config)."""
     height, _width, channels = INPUT_SHAPE
-    model_config = ModelConfig(**copy.deepcopy(MODEL_PRESETS[preset]), image_size=height, channels=channels,
-                               resize_in_model=False)
+    model_config = Model4Config(**copy.deepcopy(MODEL_PRESETS[preset]), image_size=height, channels=channels)
     return models.build_model("model_4", model_config, NUM_CLASSES)
 
 

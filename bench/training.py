@@ -82,11 +82,11 @@ def training_speed(section: str, image_size: int, data, steps: int, batch_size: 
     config = Config()
     model_config = getattr(config, section)
     model_config.image_size = image_size
-    model_config.weights = "none"
-    model_config.resize_in_model = resize_in_model
+    if section == "model_6":
+        model_config.weights = "none"
     keras.utils.set_random_seed(0)
     with distribute.precision_policy(mixed_precision):
-        model = build_model(section, model_config, CLASSES)
+        model = build_model(section, model_config, CLASSES, resize_in_model)
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=WeightedCrossEntropy([1.0] * CLASSES),
                       metrics=["accuracy"], steps_per_execution=STEPS_PER_EXECUTION)
     # Two steps of warm-up, as whole calls of the compiled step.

@@ -14,13 +14,33 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 
 def test_default_toml_lists_every_key_with_its_default():
     on_disk = tomllib.loads((REPOSITORY / "config" / "default.toml").read_text())
-    defaults = Config().to_dict()
-    assert on_disk == defaults
+    defaults = Config()
+    assert on_disk == {field.name: {key: getattr(getattr(defaults, field.name), key)
+                                    for key in config_module.section_keys(getattr(defaults, field.name))}
+                       for field in dataclasses.fields(Config)}
+    # The training keys once, under [training]; each model section with its own keys only.
+    assert "epochs" in on_disk["training"] and "epochs" not in on_disk["model_4"]
+    assert "conv_filters" in on_disk["model_4"] and "conv_filters" not in on_disk["model_6"]
+    assert "weights" in on_disk["model_6"] and "weights" not in on_disk["model_4"]
 
 
-@pytest.mark.parametrize("name", ["sample.toml", "affectnet.toml", "default.toml"])
+@pytest.mark.parametrize("name", ["sample.toml", "affectnet.toml", "default.toml", "fer2013.toml",
+                                  "fer2013_cpu.toml", "fer2013_gpu.toml"])
 def test_shipped_configurations_load(name):
     load_config(REPOSITORY / "config" / name)
+
+
+def test_training_keys_apply_to_both_models_unless_a_model_section_sets_them(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[training]\nepochs = 9\nmixed_precision = true\n[model_6]\nepochs = 3\n')
+    config = load_config(path, ["training.batch_size=16", "model_4.batch_size=8"])
+    assert (config.model_4.epochs, config.model_6.epochs) == (9, 3)
+    assert (config.model_4.batch_size, config.model_6.batch_size) == (8, 16)
+    assert config.model_4.mixed_precision and config.model_6.mixed_precision
+    assert config.training.epochs == 9
+    # The resolved sections carry the model keys under the same names.
+    assert config.model_4.preset == "seed" and config.model_6.weights == "imagenet"
+    assert config.model_6.preset == "resnet50"  # the one network of model_6, not a setting
 
 
 def test_file_then_command_line_overrides(tmp_path):
@@ -63,6 +83,36 @@ def test_explicit_keys_win_over_the_preset():
     "overrides, message",
     [
         (["model_4.epoch=3"], "unknown key model_4.epoch"),
+        (["model_6.conv_filters=[4]"], "unknown key model_6.conv_filters"),
+        (["model_4.weights=\"none\""], "unknown key model_4.weights"),
+        (["training.run_name=\"x\""], "unknown key training.run_name"),
+        (["model_6.preset=\"seed\""], "unknown key model_6.preset"),
+        (["training.epochs=0"], "training.epochs: must be in [1, inf)"),
+        (["model_6.epochs=0"], "model_6.epochs: must be in [1, inf)"),
+        (["generator.zoom=1.5"], "generator.zoom: must be in [0, 1)"),
+        (["model_4.conv_filters=[8, 0]"], "model_4.conv_filters: must be in [1, inf), got 0"),
+        (["model_4.channels=2"], "model_4.channels: 2 is not one of 1, 3"),
+        (["export.tflite_variants=[\"int4\"]"], "export.tflite_variants: 'int4' is not one of"),
+        (["model_4.equalize_histogram=true"], "model_4.equalize_histogram equalises grey images: it needs "
+                                              "model_4.channels = 1"),
+        (["generator.mixup=0.2"], "generator.mixup = 0.2 needs training.input_mode = \"memory\""),
+        (["generator.mixup=0.2", "training.input_mode=\"memory\"", "model_6.input_mode=\"arrays\""],
+         "generator.mixup = 0.2 needs model_6.input_mode = \"memory\""),
+        (["training.input_mode=\"memory\"", "generator.source=\"tfrecords\""],
+         "generator.source = 'tfrecords' is read by input_mode = \"tf_data\" only; training.input_mode"),
+        (["model_4.strategy=\"mirrored\"", "training.input_mode=\"memory\""],
+         "model_4.strategy = 'mirrored' needs training.input_mode = \"tf_data\""),
+        (["training.warmup_epochs=2"], "training.warmup_epochs = 2 needs training.learning_rate_schedule = \"cosine\""),
+        (["training.learning_rate_schedule=\"cosine\"", "training.warmup_epochs=5"],
+         "training.warmup_epochs = 5 must be less than training.epochs = 5"),
+        (["model_4.start_from_run=\"a\"", "model_4.ensemble_runs=[\"a\", \"b\"]"],
+         "model_4.start_from_run and model_4.ensemble_runs exclude each other"),
+        (["model_4.ensemble_runs=[\"a\"]"], "model_4.ensemble_runs: needs two or more different run names"),
+        (["model_4.ensemble_runs=[\"a\", \"model_4\"]"], "model_4.ensemble_runs: needs two or more"),
+        (["model_6.start_from_run=\"model_6\""], "model_6.start_from_run: 'model_6' is not the run name of another"),
+        (["model_6.run_name=\"model_4\""], "model_4.run_name and model_6.run_name are both 'model_4'"),
+        (["model_4.architecture=\"custom_cnn\"", "model_4.conv_filters=[]"], "model_4.conv_filters is empty"),
+        (["get_data.source_kind=\"drive\""], "get_data.source_kind = \"drive\" needs get_data.drive_folder_id"),
         (["nosuchsection.key=1"], "unknown section [nosuchsection]"),
         (["model_4.epochs=\"three\""], "model_4.epochs: expected an integer"),
         (["model_4.epochs=2.5"], "model_4.epochs: expected an integer"),
@@ -73,8 +123,6 @@ def test_explicit_keys_win_over_the_preset():
         (["model_4.preset=\"huge\""], "model_4.preset: unknown preset"),
         (["model_4.image_size=8"], "model_4.image_size"),
         (["no_equals_sign"], "KEY=VALUE"),
-        (["model_4.resize_in_model=\"on\""], "model_4.resize_in_model: 'on' is not one of auto, false, true"),
-        (["model_6.resize_in_model=2"], "model_6.resize_in_model: expected bool or str, got 2"),
         (["model_6.decision_recall_floor=1.0"], "model_6.decision_recall_floor: must be in (0, 1)"),
         (["model_4.decision_calibration=\"floor\""], "model_4.decision_calibration: 'floor' is not one of"),
     ],
@@ -85,16 +133,10 @@ def test_bad_values_stop_with_a_message_naming_the_key(overrides, message):
     assert message in str(error.value)
 
 
-def test_resize_in_model_takes_true_false_or_auto():
-    assert Config().model_4.resize_in_model == "auto" and Config().model_6.resize_in_model == "auto"
-    for text, value in (("true", True), ("false", False), ("auto", "auto"), ("\"auto\"", "auto")):
-        assert load_config(None, [f"resize_in_model={text}"], "model_4").model_4.resize_in_model == value
-
-
 def test_unknown_key_in_a_file_names_the_file(tmp_path):
     path = tmp_path / "bad.toml"
-    path.write_text("[inspect]\nsample_per_class = 3\n")
-    with pytest.raises(ConfigError, match="unknown key inspect.sample_per_class"):
+    path.write_text("[split]\nsed = 3\n")
+    with pytest.raises(ConfigError, match="unknown key split.sed"):
         load_config(path)
 
 
@@ -108,7 +150,7 @@ def test_missing_and_malformed_files(tmp_path):
 
 
 def test_resolved_configuration_round_trips_through_toml(tmp_path):
-    config = load_config(None, ["epochs=3", "split.drop_classes=[\"none\"]"], "model_4")
+    config = load_config(None, ["epochs=3", "split.drop_classes=[\"none\"]", "training.epochs=4"], "model_4")
     path = tmp_path / "resolved.toml"
     path.write_text(config_module.to_toml(config))
     assert dataclasses.asdict(load_config(path)) == dataclasses.asdict(config)

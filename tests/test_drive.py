@@ -38,14 +38,16 @@ def random_bytes(size: int, seed: int) -> bytes:
 
 
 @pytest.fixture
-def server():
+def server(monkeypatch):
     with FakeDriveServer(page_size=2) as running:
+        # The client talks to the fake server, and gives up sooner than on the real Drive.
+        monkeypatch.setattr(drive, "API_ENDPOINT", running.api_endpoint)
+        monkeypatch.setattr(drive, "MAX_RETRIES", 2)
         yield running
 
 
 def settings_for(server: FakeDriveServer, **keys) -> GetDataConfig:
-    keys.setdefault("drive_max_retries", 2)
-    return GetDataConfig(source_kind="drive", drive_api_endpoint=server.api_endpoint, **keys)
+    return GetDataConfig(source_kind="drive", **keys)
 
 
 def run_download(server: FakeDriveServer, destination: Path, sleep=lambda seconds: None,
@@ -123,10 +125,11 @@ def test_folder_not_found_stops_with_a_message_naming_the_key(server, tmp_path):
     assert "404" in str(error.value)
 
 
-def test_unreachable_endpoint_is_retried_then_a_clear_error(tmp_path):
+def test_unreachable_endpoint_is_retried_then_a_clear_error(tmp_path, monkeypatch):
     delays: list[float] = []
-    settings = GetDataConfig(source_kind="drive", drive_folder_id="folder1", drive_max_retries=1,
-                             drive_api_endpoint="http://127.0.0.1:1/drive/v3/")
+    monkeypatch.setattr(drive, "API_ENDPOINT", "http://127.0.0.1:1/drive/v3/")
+    monkeypatch.setattr(drive, "MAX_RETRIES", 1)
+    settings = GetDataConfig(source_kind="drive", drive_folder_id="folder1")
     with pytest.raises(PipelineError, match="could not reach Google Drive .* after 2 tries"):
         drive.download(settings, tmp_path, credentials=google.oauth2.credentials.Credentials(token="test-token"),
                        retry_base_delay=BASE_DELAY, sleep=delays.append)
@@ -159,7 +162,7 @@ def test_interrupted_download_resumes_next_run_sending_only_the_missing_bytes(se
     content = random_bytes(10_000, seed=3)
     file_id = server.add_file("images.tar", content)
     other_id = server.add_file("labels.tar", random_bytes(2000, seed=4))
-    # Cut at byte 4500 on every try of the first run (three tries with drive_max_retries=2).
+    # Cut at byte 4500 on every try of the first run (three tries with MAX_RETRIES = 2).
     server.drop_connection(file_id, after_byte=4500, count=3)
 
     first = run_download(server, tmp_path, drive_file_ids=[file_id, other_id])
@@ -210,8 +213,8 @@ def test_killed_process_leaves_a_partial_file_that_the_next_run_continues(server
         import google.oauth2.credentials
         from emotion_classifier import drive, drive_auth, drive_listing
         from emotion_classifier.config import GetDataConfig
-        settings = GetDataConfig(source_kind="drive", drive_file_ids=[{file_id!r}],
-                                 drive_api_endpoint={server.api_endpoint!r})
+        drive.API_ENDPOINT = {server.api_endpoint!r}
+        settings = GetDataConfig(source_kind="drive", drive_file_ids=[{file_id!r}])
         drive.download(settings, {str(tmp_path)!r}, chunk_size={CHUNK_SIZE},
                        credentials=google.oauth2.credentials.Credentials(token="test-token"))
     """)

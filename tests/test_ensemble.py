@@ -103,8 +103,8 @@ def test_model_4_builds_and_calibrates_an_ensemble_of_finished_runs(tmp_path, ca
 @pytest.mark.parametrize("runs, message", [
     (["only_one"], "two or more"),
     (["a", "a"], "two or more different"),
-    (["model_4", "b"], "its members"),
-    (["a", "../b"], "not a run name"),
+    (["model_4", "b"], "none of them this section's run_name 'model_4'"),
+    (["a", "../b"], r"run names \(folders under paths.models\).*got \['a', '../b'\]"),
 ])
 def test_ensemble_runs_are_checked_with_the_configuration(tmp_path, runs, message):
     config = tiny_config(tmp_path)

@@ -81,9 +81,9 @@ def test_tf_data_and_pillow_paths_equalise_alike(tmp_path):
 
 def test_the_setting_trains_travels_with_the_model_and_is_refused_for_colour(tmp_path):
     config = tiny_config(tmp_path, input_mode="memory", epochs=1)
-    plain_fingerprint = runs.run_fingerprint(config, "model_4")
+    plain_fingerprint = runs.run_fingerprint(config, "model_4", resize_in_model=False)
     config.model_4.equalize_histogram = True
-    assert runs.run_fingerprint(config, "model_4") != plain_fingerprint
+    assert runs.run_fingerprint(config, "model_4", resize_in_model=False) != plain_fingerprint
     run_dir = training.train(config, "model_4")
     info = model_io.read_model_info(run_dir / "best.keras")
     assert info["equalize_histogram"] is True

@@ -36,8 +36,13 @@ def make_config(root: Path, model_path: Path | str = "") -> Config:
     config.paths.models_dir = str(root / "models")
     config.paths.reports_dir = str(root / "reports")
     config.model_evaluation_4.model = str(model_path)
-    config.model_evaluation_4.batch_size = 4
     return config
+
+
+@pytest.fixture(autouse=True)
+def small_batches(monkeypatch):
+    """Several batches of the tests' few images, so that batching is exercised."""
+    monkeypatch.setattr(evaluation, "BATCH_SIZE", 4)
 
 
 def write_split_manifest(config: Config, images_per_class: int = 4) -> pd.DataFrame:

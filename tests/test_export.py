@@ -129,7 +129,7 @@ def test_int8_without_calibration_images_and_unknown_variants_are_refused(report
         export.export_model(model_path, tmp_path, train_images, verify_images[:, :16, :16], variants=["float32"])
 
 
-def test_stage_reads_a_folder_of_images_and_skips_an_unchanged_rerun(trained, tmp_path, capsys):
+def test_stage_reads_a_folder_of_images_and_skips_an_unchanged_rerun(trained, tmp_path, capsys, monkeypatch):
     model_path, _, _ = trained
     folder = tmp_path / "faces"
     folder.mkdir()
@@ -139,8 +139,8 @@ def test_stage_reads_a_folder_of_images_and_skips_an_unchanged_rerun(trained, tm
     config.export.model = str(model_path)
     config.export.output_dir = str(tmp_path / "out")
     config.export.representative_images = str(folder)
-    config.export.representative_count = 12
-    config.export.verification_count = 8
+    monkeypatch.setattr(export, "REPRESENTATIVE_COUNT", 12)
+    monkeypatch.setattr(export, "VERIFICATION_COUNT", 8)
     config.export.tflite_variants = ["float32"]
     assert export.run(config) == 0
     assert "model_float32.tflite" in capsys.readouterr().out

@@ -17,11 +17,11 @@ def make_config(tmp_path) -> Config:
     config = Config()
     config.paths.data_dir = str(tmp_path / "data")
     config.paths.reports_dir = str(tmp_path / "reports")
-    config.inspect.samples_per_class = 3
     return config
 
 
-def test_inspect_writes_sample_grid_and_distribution_chart(tmp_path, capsys):
+def test_inspect_writes_sample_grid_and_distribution_chart(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(inspect_images, "SAMPLES_PER_CLASS", 3)
     config = make_config(tmp_path)
     records = []
     rng = np.random.default_rng(1)

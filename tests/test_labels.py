@@ -24,12 +24,17 @@ IMAGE_SIZE = (120, 100)
 LANDMARKS = ";".join(f"{value:.2f}" for value in np.linspace(20.0, 90.0, 136))
 
 
+@pytest.fixture(autouse=True)
+def one_worker(monkeypatch):
+    """Images read and checked in this process: the tests' few images need no process pool."""
+    monkeypatch.setattr(labels, "WORKERS", 1)
+
+
 def make_config(tmp_path: Path, **label_settings) -> Config:
     config = Config()
     config.paths.data_dir = str(tmp_path / "data")
     config.paths.reports_dir = str(tmp_path / "reports")
     config.paths.models_dir = str(tmp_path / "models")
-    config.labels.workers = 1
     for key, value in label_settings.items():
         setattr(config.labels, key, value)
     return config

@@ -131,15 +131,10 @@ def test_build_model_dispatches_on_the_section_name():
     config.model_4.conv_filters = [4, 8]
     config.model_4.dense_units = [8]
     config.model_4.image_size = 32
-    # "auto" (the default) is decided against the training images; build_model needs the answer.
-    with pytest.raises(ValueError, match="resolve_resize_in_model"):
-        build_model("model_4", config.model_4, 3)
-    config.model_4.resize_in_model = False
     assert build_model("model_4", config.model_4, 3).name == "model_4"
     config.model_6.image_size = 32
     config.model_6.weights = "none"
-    config.model_6.resize_in_model = True
-    model_6 = build_model("model_6", config.model_6, 3)
+    model_6 = build_model("model_6", config.model_6, 3, resize_in_model=True)
     assert model_6.name == "model_6" and model_6.input_shape == (None, None, None, 3)
     with pytest.raises(ValueError):
         build_model("model_5", config.model_4, 3)
@@ -185,8 +180,7 @@ def test_model_6_resizing_its_inputs_takes_grey_faces_of_any_size():
 def test_fer_presets_build_at_fer_resolution_with_their_widths(preset):
     from emotion_classifier.config import MODEL_PRESETS, load_config
 
-    config = load_config(None, [f'model_4.preset="{preset}"', "model_4.image_size=48", "model_4.channels=1",
-                                "model_4.resize_in_model=false"])
+    config = load_config(None, [f'model_4.preset="{preset}"', "model_4.image_size=48", "model_4.channels=1"])
     model = build_model("model_4", config.model_4, 7)
     expected = MODEL_PRESETS[preset]
     conv_widths = [layer.filters for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]

@@ -47,8 +47,7 @@ def test_the_new_model_starts_as_the_source_without_its_decision_offsets(source_
     tmp_path, run_dir = source_run
     config = tiny_config(tmp_path, epochs=1)
     config.model_4.run_name, config.model_4.start_from_run = "second", "first"
-    # As training resolves it for these rows (the source's config.json records the answer).
-    config.model_4.resize_in_model = json.loads((run_dir / "config.json").read_text())["model_4"]["resize_in_model"]
+    # As training builds it for these 48-pixel faces at 32 (no resizing layer).
     source, _info = model_io.load_trained_model(run_dir / "best.keras")
     model = build_model("model_4", config.model_4, 3)
     training.start_from_finished_run(model, config, "model_4", ["happy", "sad", "angry"])
@@ -109,8 +108,8 @@ def test_a_missing_or_different_source_is_named(source_run):
 
 
 @pytest.mark.parametrize("run_name, start_from, ensemble_runs, message", [
-    ("same", "same", [], "cannot start from itself"),
-    ("new", "../other", [], "not a run name"),
+    ("same", "same", [], "'same' is not the run name of another run"),
+    ("new", "../other", [], "'../other' is not the run name of another run"),
     ("new", "first", ["a", "b"], "exclude each other"),
 ])
 def test_start_from_run_is_checked_with_the_configuration(tmp_path, run_name, start_from, ensemble_runs, message):

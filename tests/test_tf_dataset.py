@@ -436,7 +436,6 @@ def test_generator_stage_writes_preview_and_skips_when_up_to_date(tmp_path, caps
     config = write_split_fixture(tmp_path, per_class=6)
     config.model_4.image_size = 32
     config.model_4.batch_size = 4
-    config.generator.preview_images = 4
     assert generator.run(config) == 0
     figure = Path(config.paths.reports) / "figures" / "augmented_batch.png"
     assert figure.is_file() and Image.open(figure).size[0] > 100
@@ -469,7 +468,7 @@ def test_resize_in_model_hands_small_crops_over_at_their_own_size(tmp_path):
     config = write_split_fixture(tmp_path, per_class=4)
     frame = pd.read_csv(config.paths.split_manifest)
     root = config.paths.images_root
-    plain = GeneratorConfig(augment=False, parallel_calls=2)
+    plain = GeneratorConfig(augment=False)
 
     def first_images(image_size, generator_config=plain, training=False, **options):
         dataset = tf_dataset.make_dataset(frame, root, image_size, 1, 4, training=training,
@@ -482,7 +481,7 @@ def test_resize_in_model_hands_small_crops_over_at_their_own_size(tmp_path):
     # The model's first layer turns the handed-over faces into the pixels the host would give.
     np.testing.assert_allclose(keras.ops.convert_to_numpy(ResizeImages(64, 64)(native)), host, atol=1e-3)
     # Training batches are augmented at the crops' size.
-    augmented = first_images(64, GeneratorConfig(augment=True, parallel_calls=2), training=True, resize_in_model=True)
+    augmented = first_images(64, GeneratorConfig(augment=True), training=True, resize_in_model=True)
     assert augmented.shape == (4, 48, 48, 1) and 0 <= augmented.min() and augmented.max() <= 255
     # Crops larger than the model's input are shrunk here (antialiased), and equalised images
     # are equalised on the model's grid, so both still leave at the input size.

@@ -73,12 +73,11 @@ def test_shards_are_written_once_and_again_only_when_rows_change(tmp_path):
 def test_training_from_tfrecords_matches_the_configured_source(tmp_path):
     config = tiny_config(tmp_path)
     config.generator.source = "tfrecords"
-    config.generator.tfrecord_dir = str(tmp_path / "records")
     run_dir = training.train(config, "model_4")
     summary = json.loads((run_dir / "training_summary.json").read_text())
     assert summary["epochs_run"] == 2
     for split, count in (("train", 9), ("valid", 6)):
-        index = json.loads((tmp_path / "records" / f"{split}_32x32x1" / "index.json").read_text())
+        index = json.loads((Path(config.paths.processed) / "tfrecords" / f"{split}_32x32x1" / "index.json").read_text())
         assert index["images"] == count
 
 

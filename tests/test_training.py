@@ -12,7 +12,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -39,7 +38,6 @@ def tiny_config(tmp_path: Path, input_mode: str = "tf_data", epochs: int = 2, pe
     section.dense_units = [8]
     section.input_mode = input_mode
     section.class_balanced_beta = 0.9
-    config.generator.parallel_calls = 2
     return config
 
 
@@ -87,32 +85,6 @@ def test_arrays_input_mode_trains_with_capped_steps(tmp_path):
     assert model.output_shape == (None, 3)
 
 
-def test_steps_per_execution_runs_the_same_steps_and_leaves_the_run_fingerprint_alone(tmp_path):
-    from emotion_classifier.config import ConfigError, validate
-
-    # 9 training images in batches of 4: three steps per epoch, one call of three steps each.
-    one_by_one = tiny_config(tmp_path / "one", input_mode="memory")
-    three_at_once = tiny_config(tmp_path / "three", input_mode="memory")
-    three_at_once.model_4.steps_per_execution = 3
-    runs = [training.train(config, "model_4") for config in (one_by_one, three_at_once)]
-    metrics = [pd.read_csv(run_dir / "metrics.csv") for run_dir in runs]
-    assert metrics[0]["epoch"].tolist() == metrics[1]["epoch"].tolist() == [0, 1]
-    columns = ["loss", "accuracy", "val_loss", "val_accuracy"]
-    np.testing.assert_allclose(metrics[1][columns].to_numpy(), metrics[0][columns].to_numpy(), rtol=1e-4, atol=1e-5)
-    checkpoint = json.loads((runs[1] / "checkpoint" / "state.json").read_text())["checkpoint"]
-    compiled = keras.saving.load_model(runs[1] / "checkpoint" / checkpoint, compile=True, safe_mode=True)
-    assert compiled.steps_per_execution == 3
-    # How many steps go to the device per call does not change the result: the finished run
-    # still counts as this configuration's, and is not trained again.
-    best_mtime = (runs[1] / "best.keras").stat().st_mtime_ns
-    three_at_once.model_4.steps_per_execution = 1
-    training.train(three_at_once, "model_4")
-    assert (runs[1] / "best.keras").stat().st_mtime_ns == best_mtime
-    three_at_once.model_4.steps_per_execution = 0
-    with pytest.raises(ConfigError, match="steps_per_execution"):
-        validate(three_at_once)
-
-
 def test_classes_without_training_images_are_reported(tmp_path):
     config = tiny_config(tmp_path)
     classes_path = Path(config.paths.processed) / "classes.json"
@@ -138,7 +110,6 @@ CHILD_SCRIPT = textwrap.dedent("""
 
 def test_run_killed_mid_epoch_resumes_and_logs_each_epoch_once(tmp_path):
     config = tiny_config(tmp_path, input_mode="arrays", epochs=3)
-    config.generator.parallel_calls = 1
     config_path = tmp_path / "tiny.toml"
     from emotion_classifier.config import to_toml
 
@@ -200,10 +171,8 @@ def test_an_image_that_fails_to_decode_during_training_is_skipped_counted_and_re
 def test_a_model_that_resizes_its_inputs_trains_on_faces_at_their_own_size(tmp_path, capsys):
     config = tiny_config(tmp_path)
     config.model_4.image_size = 64  # FER's 48-pixel faces are enlarged by the model
-    assert config.model_4.resize_in_model == "auto"  # the default decides so for these faces
     run_dir = training.train(config, "model_4")
     assert "the face crops are 48x48, smaller than image_size 64" in capsys.readouterr().out
-    assert json.loads((run_dir / "config.json").read_text())["model_4"]["resize_in_model"] is True
     metrics = pd.read_csv(run_dir / "metrics.csv")
     assert metrics["epoch"].tolist() == [0, 1] and np.isfinite(metrics["val_loss"]).all()
     model, info = model_io.load_trained_model(run_dir / "best.keras")
@@ -216,14 +185,13 @@ def test_a_model_that_resizes_its_inputs_trains_on_faces_at_their_own_size(tmp_p
     np.testing.assert_allclose(model.predict(faces, verbose=0), model.predict(enlarged, verbose=0), atol=1e-5)
 
 
-def test_resize_in_model_auto_is_true_only_for_crops_smaller_than_the_input(tmp_path):
+def test_the_model_resizes_its_inputs_only_for_crops_smaller_than_the_input(tmp_path):
     config = tiny_config(tmp_path)  # 48x48 faces
     rows = pd.read_csv(config.paths.split_manifest).query("split == 'train'")
 
     def resolved(image_size: int, **settings) -> bool:
-        section = dataclasses.replace(config.model_4, image_size=image_size, resize_in_model="auto", **settings)
-        inputs.resolve_resize_in_model(config, section, rows)
-        return section.resize_in_model
+        section = dataclasses.replace(config.model_4, image_size=image_size, **settings)
+        return inputs.resolve_resize_in_model(config, section, rows)
 
     assert resolved(64) is True and resolved(112) is True
     assert resolved(48) is False  # already the model's size: nothing to enlarge
@@ -232,9 +200,6 @@ def test_resize_in_model_auto_is_true_only_for_crops_smaller_than_the_input(tmp_
     config.generator.source = "tfrecords"  # written at image_size
     assert resolved(64) is False and resolved(64, input_mode="memory") is True
     config.generator.source = "files"
-    explicit = dataclasses.replace(config.model_4, image_size=64, resize_in_model=False)
-    inputs.resolve_resize_in_model(config, explicit, rows)
-    assert explicit.resize_in_model is False
     # Faces of several sizes (an image of another size in the sample): no common size, no layer.
     for filename in rows["filename"].iloc[::2]:
         with Image.open(Path(config.paths.images_root) / filename) as face:
@@ -242,27 +207,30 @@ def test_resize_in_model_auto_is_true_only_for_crops_smaller_than_the_input(tmp_
     assert resolved(64) is False
 
 
-def test_settings_added_later_leave_earlier_runs_fingerprints_alone(tmp_path):
+def test_run_fingerprint_follows_what_changes_training_and_nothing_else(tmp_path):
     config = tiny_config(tmp_path)
-    # What training resolves "auto" to for these 48-pixel faces at 32 (no resizing layer).
-    config.model_4.resize_in_model = False
-    before = runs.run_fingerprint(config, "model_4")
-    config.model_4.resize_in_model = True
-    assert runs.run_fingerprint(config, "model_4") != before
-    config.model_4.resize_in_model = False
-    assert runs.run_fingerprint(config, "model_4") == before
-    settings = config.to_dict()["model_4"]
-    assert {"resize_in_model", "equalize_histogram"} <= set(settings)
+    before = runs.run_fingerprint(config, "model_4", resize_in_model=False)
+    assert runs.run_fingerprint(config, "model_4", resize_in_model=True) != before
+    # The resolved section holds the training keys: one set in [training] or in [model_4] counts.
+    config.model_4.label_smoothing = 0.1
+    assert runs.run_fingerprint(config, "model_4", resize_in_model=False) != before
+    config.model_4.label_smoothing = 0.0
+    # Where training runs, and the calibration applied to the finished run, do not count;
+    # neither do the other model's settings.
+    config.model_4.strategy = "none"
+    config.model_4.decision_calibration = "prior_matching"
+    config.model_6.epochs = 40
+    assert runs.run_fingerprint(config, "model_4", resize_in_model=False) == before
 
 
 @pytest.mark.parametrize("input_mode", ["memory", "arrays"])
 def test_host_side_inputs_keep_small_faces_at_their_size_for_a_model_that_resizes(tmp_path, input_mode):
     config = tiny_config(tmp_path, input_mode=input_mode, epochs=1)
     config.model_4.image_size = 64
-    config.model_4.resize_in_model = True
     config.generator.augment = True
     training_rows = pd.read_csv(config.paths.split_manifest).query("split == 'train'")
-    made = inputs.make_inputs(config, config.model_4, training_rows, training_rows, num_classes=3)
+    made = inputs.make_inputs(config, config.model_4, training_rows, training_rows, num_classes=3,
+                              resize_in_model=True)
     assert made.training[0][0].shape[1:] == (48, 48, 1) and made.validation[0][0].shape[1:] == (48, 48, 1)
     run_dir = training.train(config, "model_4")
     assert np.isfinite(pd.read_csv(run_dir / "metrics.csv")["val_loss"]).all()

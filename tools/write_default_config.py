@@ -3,7 +3,8 @@
 
 Every key appears with its default value and the comment written above its field in the schema,
 so the file documents the whole configuration and cannot drift from the code (a test compares
-them). Run after adding or changing a key:
+them). The training keys are listed once, under [training]; a model section lists its own keys.
+Run after adding or changing a key:
 
     python tools/write_default_config.py
 """
@@ -53,9 +54,11 @@ def render() -> str:
         docstring = (type(section_object).__doc__ or "").strip().splitlines()[0]
         output.append(f"# {docstring}")
         output.append(f"[{section.name}]")
-        for field in dataclasses.fields(section_object):
-            output.extend(comments.get((type(section_object).__name__, field.name), []))
-            output.append(f"{field.name} = {json.dumps(getattr(section_object, field.name))}")
+        for key in config_module.section_keys(section_object):
+            # A field's comment is in the class that declares it, or in a base class.
+            classes = [cls.__name__ for cls in type(section_object).__mro__]
+            output.extend(next((comments[(name, key)] for name in classes if comments.get((name, key))), []))
+            output.append(f"{key} = {json.dumps(getattr(section_object, key))}")
         output.append("")
     return "\n".join(output)
 

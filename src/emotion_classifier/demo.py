@@ -161,7 +161,7 @@ def run(config: Config, force: bool = False) -> int:
     """The demo stage: execute ``demo.ipynb`` headless and keep the executed notebook.
 
     The notebook gets ``demo.model`` (empty: the shipped model, or model_4's best model when none
-    is shipped), ``demo.images_dir`` and ``demo.output_dir`` (empty: ``<reports_dir>/demo``); the
+    is shipped), ``demo.images_dir``, and writes to ``<reports_dir>/demo``; the
     executed copy with its table and figures is saved as ``<output_dir>/demo.executed.ipynb``.
     Nothing is redone when the model, the images and the notebook are unchanged, unless ``force``.
     """
@@ -175,7 +175,7 @@ def run(config: Config, force: bool = False) -> int:
             LOGGER.info("demo.model is empty and no model is shipped at %s: using model_4's best model %s",
                         model_io.SHIPPED_MODEL_PATH, model_path)
     images_dir = Path(config.demo.images_dir)
-    output_dir = Path(config.demo.output_dir) if config.demo.output_dir else config.paths.reports / "demo"
+    output_dir = config.paths.reports / "demo"
     if not NOTEBOOK_PATH.is_file():
         raise PipelineError(f"{NOTEBOOK_PATH} not found: run the demo from the project root")
     if not model_path.is_file():

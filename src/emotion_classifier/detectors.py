@@ -166,7 +166,7 @@ class HaarFaceDetector:
         if not cascade_path.is_file():
             raise PipelineError(
                 f"Haar cascade not found: {cascade_path}. opencv-python-headless 5.x no longer ships the "
-                "cascade files: install opencv-python-headless 4.x or set predict.haar_cascade to an XML file"
+                "cascade files: install opencv-python-headless 4.x"
             )
         self.cascade = cv2.CascadeClassifier(str(cascade_path))
         if self.cascade.empty():
@@ -347,18 +347,9 @@ def _square_tiles(width: int, height: int) -> list[tuple[int, int, int]]:
 def build_detector(settings: PredictConfig) -> FaceDetector:
     """The detector the ``[predict]`` section names, with its settings."""
     if settings.detector == "blazeface":
-        return BlazeFaceDetector(min_confidence=settings.min_confidence,
-                                 detection_max_side=settings.detection_max_side)
+        return BlazeFaceDetector(min_confidence=settings.min_confidence)
     if settings.detector == "haar":
-        return HaarFaceDetector(
-            settings.haar_cascade,
-            scale_factor=settings.scale_factor,
-            min_neighbors=settings.min_neighbors,
-            min_face_size=settings.min_face_size,
-            detection_max_side=settings.detection_max_side,
-            min_confidence=settings.min_confidence,
-        )
+        return HaarFaceDetector(min_confidence=settings.min_confidence)
     if settings.detector == "yunet":
-        return YuNetFaceDetector(settings.yunet_model, min_confidence=settings.min_confidence,
-                                 detection_max_side=settings.detection_max_side)
+        return YuNetFaceDetector(settings.yunet_model, min_confidence=settings.min_confidence)
     raise PipelineError(f"predict.detector: {settings.detector!r} is not one of {', '.join(DETECTORS)}")

@@ -223,14 +223,6 @@ def precision_policy(mixed_precision: bool) -> Iterator[None]:
         keras.config.set_dtype_policy(previous)
 
 
-def jit_compile_argument(xla: str) -> bool | str:
-    """``model.compile(jit_compile=...)`` for the ``xla`` setting ("auto", "on" or "off")."""
-    choices = {"auto": "auto", "on": True, "off": False}
-    if xla not in choices:
-        raise ValueError(f"xla must be one of auto, on, off; got {xla!r}")
-    return choices[xla]
-
-
 def shard_for_workers(dataset, strategy):
     """Shard a dataset of files by element (not by file) across the workers of a cluster.
 

@@ -49,6 +49,11 @@ logger = logging.getLogger(__name__)
 PARTIAL_SUFFIX = ".partial"
 SIDECAR_SUFFIX = ".partial.json"
 LEDGER_NAME = ".drive-downloads.json"
+# Tries after the first for a request that fails transiently, and the download chunk size.
+MAX_RETRIES = 6
+CHUNK_SIZE = 16 * 1024 * 1024
+# The Drive API's address: empty for Google's; tests point it at a local fake server.
+API_ENDPOINT = ""
 
 
 @dataclasses.dataclass
@@ -277,7 +282,7 @@ def download(
 
     ``credentials`` (tests) skips :func:`load_credentials`; ``retry_base_delay`` and ``sleep``
     set the backoff (the first retry waits ``retry_base_delay`` seconds, then twice as long...);
-    ``chunk_size`` in bytes overrides ``settings.drive_chunk_size_mb``. Per-file problems end up
+    ``chunk_size`` in bytes overrides ``CHUNK_SIZE``. Per-file problems end up
     in ``result.failures``; a problem that stops everything raises ``PipelineError``.
     """
     if not settings.drive_folder_id and not settings.drive_file_ids:
@@ -286,17 +291,15 @@ def download(
             "get_data.drive_file_ids is set; give the folder ID from the folder's sharing link, e.g. "
             f"get_data.drive_folder_id=1AbC... ({DOCS_HINT})"
         )
-    chunk_size = chunk_size if chunk_size is not None else settings.drive_chunk_size_mb * 1024 * 1024
+    chunk_size = chunk_size if chunk_size is not None else CHUNK_SIZE
     if chunk_size <= 0:
-        raise PipelineError(
-            f"get_data.drive_chunk_size_mb: must be positive, got {settings.drive_chunk_size_mb}"
-        )
-    retrier = Retrier(settings.drive_max_retries, retry_base_delay, sleep)
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    retrier = Retrier(MAX_RETRIES, retry_base_delay, sleep)
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
     if credentials is None:
         credentials = load_credentials(settings, authorize)
-    service = build_service(credentials, settings.drive_api_endpoint)
+    service = build_service(credentials, API_ENDPOINT)
     try:
         result = _download_all(service, settings, destination, retrier, chunk_size)
     except google.auth.exceptions.RefreshError:

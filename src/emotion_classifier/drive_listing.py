@@ -101,7 +101,7 @@ class Retrier:
 
     def __init__(self, max_retries: int, base_delay: float, sleep: Callable[[float], None] = time.sleep):
         if max_retries < 0:
-            raise PipelineError(f"get_data.drive_max_retries: must not be negative, got {max_retries}")
+            raise ValueError(f"max_retries must not be negative, got {max_retries}")
         if base_delay < 0:
             raise ValueError(f"retry base delay must not be negative, got {base_delay}")
         self.max_retries = max_retries
@@ -277,7 +277,7 @@ def list_remote_files(
             ) from None
         except TRANSPORT_ERRORS as error:
             raise PipelineError(
-                f"could not reach Google Drive at {settings.drive_api_endpoint or 'www.googleapis.com'} "
+                f"could not reach Google Drive "
                 f"after {retrier.max_retries + 1} tries: {describe_error(error)}; "
                 "check the network connection"
             ) from None

@@ -41,6 +41,11 @@ STAMP_NAME = ".export_stamp.json"
 # Agreement the issue asks for: float exports must match the Keras model's top-1 class on at
 # least 99% of images, the int8 export on at least 95%.
 REQUIRED_AGREEMENT = {"float32": 0.99, "float16": 0.99, "int8": 0.95}
+# Images that calibrate int8 quantisation, images (apart from those) on which each export is
+# compared with the Keras model, and the seed that draws both.
+REPRESENTATIVE_COUNT = 200
+VERIFICATION_COUNT = 200
+SEED = 0
 
 
 def tflite_name(variant: str) -> str:
@@ -231,13 +236,13 @@ def split_images(config: Config, image_size: int, channels: int, count: int, ver
 def run(config: Config, force: bool = False) -> int:
     """The export stage; does nothing when the model and the settings are unchanged."""
     settings = config.export
-    if settings.representative_count < 1 or settings.verification_count < 1:
-        raise PipelineError("export.representative_count and export.verification_count must be positive")
     model_path = Path(settings.model) if settings.model else runs.default_model_path(config)
     output_dir = Path(settings.output_dir) if settings.output_dir else model_path.parent / "export"
     image_source = settings.representative_images or str(config.paths.split_manifest)
     inputs = [model_path, image_source]
-    stamp = files.StageStamp(output_dir / STAMP_NAME, dataclasses.asdict(settings), inputs)
+    stamp = files.StageStamp(output_dir / STAMP_NAME, {
+        **dataclasses.asdict(settings), "representative_count": REPRESENTATIVE_COUNT,
+        "verification_count": VERIFICATION_COUNT, "seed": SEED}, inputs)
     if stamp.is_current() and not force:
         LOGGER.info("%s is up to date (use --force to redo it)", output_dir)
         return 0
@@ -248,13 +253,13 @@ def run(config: Config, force: bool = False) -> int:
     if settings.representative_images:
         calibration, verification = folder_images(
             settings.representative_images, int(info["image_size"]), int(info["channels"]),
-            settings.representative_count, settings.verification_count, settings.seed,
+            REPRESENTATIVE_COUNT, VERIFICATION_COUNT, SEED,
             equalize_histogram=bool(info.get("equalize_histogram", False)),
         )
     else:
         calibration, verification = split_images(
             config, int(info["image_size"]), int(info["channels"]),
-            settings.representative_count, settings.verification_count, settings.seed,
+            REPRESENTATIVE_COUNT, VERIFICATION_COUNT, SEED,
             equalize_histogram=bool(info.get("equalize_histogram", False)),
         )
     report = export_model(model_path, output_dir, calibration, verification, settings.tflite_variants, image_source)
@@ -282,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="emotion-export",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Overrides: KEY=VALUE sets [export] KEY (for example representative_count=500), "
+        epilog="Overrides: KEY=VALUE sets [export] KEY (for example representative_images=faces), "
                "SECTION.KEY=VALUE any other section.",
     )
     parser.add_argument("--model", help="trained .keras model (default: export.model, else the shipped model)")

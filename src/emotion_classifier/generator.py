@@ -31,17 +31,18 @@ def run(config, force: bool = False) -> int:
     frame, classes = split_files.read_split(config)
     training_rows = split_files.split_rows(frame, "train", config.paths.split_manifest)
     validation_rows = split_files.split_rows(frame, "valid", config.paths.split_manifest)
-    resolve_resize_in_model(config, model_config, training_rows)
+    resize_in_model = resolve_resize_in_model(config, model_config, training_rows)
     stamp = files.StageStamp(
         Path(config.paths.reports) / "figures" / ".augmented_batch.stamp.json",
-        {"generator": dataclasses.asdict(config.generator), "model_4": dataclasses.asdict(model_config)},
+        {"generator": dataclasses.asdict(config.generator), "model_4": dataclasses.asdict(model_config),
+         "resize_in_model": resize_in_model},
         [config.paths.split_manifest, Path(config.paths.processed) / split_files.CLASSES_FILE_NAME],
     )
     if stamp.is_current() and not force:
         print(f"{figure_path} is up to date (use --force to redo it)")
         return 0
 
-    inputs = make_inputs(config, model_config, training_rows, validation_rows, len(classes))
+    inputs = make_inputs(config, model_config, training_rows, validation_rows, len(classes), resize_in_model)
     batches = _numpy_batches(inputs.training)
 
     # Throughput: the first batch pays for start-up (thread pools, graph tracing), so the clock

@@ -38,8 +38,8 @@ class Inputs:
     skipped: SkippedImages
 
 
-def resolve_resize_in_model(config, model_config, training_rows: pd.DataFrame) -> None:
-    """Replace ``resize_in_model = "auto"`` by what it means for these training rows.
+def resolve_resize_in_model(config, model_config, training_rows: pd.DataFrame) -> bool:
+    """Whether the model takes images of any size and enlarges them itself (its first layer).
 
     True when a sample of the face crops shares one size smaller than ``image_size`` (FER2013's
     48-pixel faces at 112): the host then hands them over at their own size and the model's first
@@ -48,32 +48,35 @@ def resolve_resize_in_model(config, model_config, training_rows: pd.DataFrame) -
     larger or mixed sizes, which the host shrinks with antialiasing anyway, for TFRecords (written
     at image_size) and for equalised faces (equalised on the model's grid, after resizing).
     """
-    if model_config.resize_in_model != "auto":
-        return
     common_shape = None
     reads_tfrecords = model_config.input_mode == "tf_data" and config.generator.source == "tfrecords"
     if not reads_tfrecords and not model_config.equalize_histogram:
         common_shape = crops_smaller_than_input(training_rows, config.paths.images_root, model_config.image_size,
                                                 config.generator.face_margin)
-    model_config.resize_in_model = common_shape is not None
     if common_shape is not None:
-        print(f"resize_in_model = \"auto\": the face crops are {common_shape[0]}x{common_shape[1]}, smaller "
-              f"than image_size {model_config.image_size}; the model enlarges them itself (its first layer)")
+        print(f"the face crops are {common_shape[0]}x{common_shape[1]}, smaller than image_size "
+              f"{model_config.image_size}: the model enlarges them itself (its first layer)")
+    return common_shape is not None
 
 
 def make_inputs(config, model_config, training_rows: pd.DataFrame, validation_rows: pd.DataFrame,
-                num_classes: int, strategy=None) -> Inputs:
-    """Training and validation inputs for ``model_config.input_mode``, and the steps per epoch."""
+                num_classes: int, resize_in_model: bool = False, strategy=None) -> Inputs:
+    """Training and validation inputs for ``model_config.input_mode``, and the steps per epoch;
+    ``resize_in_model`` as resolve_resize_in_model decided it for the model."""
     full_steps = math.ceil(len(training_rows) / model_config.batch_size)
     steps = min(full_steps, model_config.max_steps_per_epoch) if model_config.max_steps_per_epoch > 0 else full_steps
     if model_config.input_mode == "tf_data":
-        return _tf_data_inputs(config, model_config, training_rows, validation_rows, steps, strategy)
+        return _tf_data_inputs(config, model_config, training_rows, validation_rows, steps, resize_in_model, strategy)
+    host_size = {name: handover_size(rows, config.paths.images_root, model_config.image_size,
+                                     config.generator.face_margin, resize_in_model, model_config.equalize_histogram)
+                 for name, rows in (("train", training_rows), ("valid", validation_rows))}
     if model_config.input_mode == "memory":
-        return _memory_inputs(config, model_config, training_rows, validation_rows, num_classes, steps)
-    return _host_inputs(config, model_config, training_rows, validation_rows, steps)
+        return _memory_inputs(config, model_config, training_rows, validation_rows, num_classes, steps, host_size)
+    return _host_inputs(config, model_config, training_rows, validation_rows, steps, host_size)
 
 
-def _tf_data_inputs(config, model_config, training_rows, validation_rows, steps: int, strategy) -> Inputs:
+def _tf_data_inputs(config, model_config, training_rows, validation_rows, steps: int, resize_in_model: bool,
+                    strategy) -> Inputs:
     # Several replicas need full training batches (see make_dataset); one device keeps every image.
     drop_remainder = strategy is not None and len(training_rows) >= model_config.batch_size
     if config.generator.source == "tfrecords":
@@ -87,7 +90,7 @@ def _tf_data_inputs(config, model_config, training_rows, validation_rows, steps:
         shape = (config.paths.images_root, model_config.image_size, model_config.channels, model_config.batch_size)
         common = {"generator_config": config.generator, "decode_counter": counter,
                   "equalize_histogram": model_config.equalize_histogram,
-                  "resize_in_model": model_config.resize_in_model}
+                  "resize_in_model": resize_in_model}
         training = make_dataset(training_rows, *shape, training=True, seed=model_config.seed,
                                 drop_remainder=drop_remainder, **common)
         validation = make_dataset(validation_rows, *shape, training=False, **common)
@@ -97,19 +100,16 @@ def _tf_data_inputs(config, model_config, training_rows, validation_rows, steps:
                   distribute.shard_for_workers(validation, strategy), steps, skipped)
 
 
-def _host_size(config, model_config, rows: pd.DataFrame) -> int:
-    # Smaller than image_size when the model enlarges the faces itself (resize_in_model).
-    return handover_size(rows, config.paths.images_root, model_config.image_size, config.generator.face_margin,
-                         model_config.resize_in_model, model_config.equalize_histogram)
-
-
-def _memory_inputs(config, model_config, training_rows, validation_rows, num_classes: int, steps: int) -> Inputs:
+def _memory_inputs(config, model_config, training_rows, validation_rows, num_classes: int, steps: int,
+                   host_size: dict[str, int]) -> Inputs:
+    """``host_size``: per split, the side the faces are decoded at (smaller than image_size when the
+    model enlarges them itself)."""
     arrays = {}
     left_out = 0
     for split_name, rows in (("train", training_rows), ("valid", validation_rows)):
         images, labels, skipped = in_memory.split_arrays(
             rows, split_name, config.paths.images_root, config.paths.processed,
-            _host_size(config, model_config, rows), model_config.channels, config.generator.face_margin,
+            host_size[split_name], model_config.channels, config.generator.face_margin,
             equalize_histogram=model_config.equalize_histogram,
         )
         arrays[split_name] = (images, labels)
@@ -127,15 +127,16 @@ def _memory_inputs(config, model_config, training_rows, validation_rows, num_cla
     return Inputs(training, validation, steps, SkippedImages(lambda: left_out))
 
 
-def _host_inputs(config, model_config, training_rows, validation_rows, steps: int) -> Inputs:
+def _host_inputs(config, model_config, training_rows, validation_rows, steps: int,
+                 host_size: dict[str, int]) -> Inputs:
     workers = os.cpu_count() or 1
     common = {"channels": model_config.channels, "batch_size": model_config.batch_size,
               "generator_config": config.generator, "workers": workers,
               "equalize_histogram": model_config.equalize_histogram}
-    training = ImageBatches(training_rows, config.paths.images_root, _host_size(config, model_config, training_rows),
-                            training=True, seed=model_config.seed, max_batches=steps, **common)
-    validation = ImageBatches(validation_rows, config.paths.images_root,
-                              _host_size(config, model_config, validation_rows), training=False, **common)
+    training = ImageBatches(training_rows, config.paths.images_root, host_size["train"], training=True,
+                            seed=model_config.seed, max_batches=steps, **common)
+    validation = ImageBatches(validation_rows, config.paths.images_root, host_size["valid"], training=False,
+                              **common)
 
     def unreadable() -> list[str]:
         return sorted(set(training.unreadable_files + validation.unreadable_files))

@@ -1,6 +1,6 @@
 """Look at the data before training (the ``inspect_images.py`` stage).
 
-Two figures from the manifest: ``sample_images.png``, a grid with ``samples_per_class`` random
+Two figures from the manifest: ``sample_images.png``, a grid with ``SAMPLES_PER_CLASS`` random
 images of every class (one row per class, the face box drawn where the row has one), and
 ``class_distribution.png``, the class counts of each source split as grouped bars.
 
@@ -10,7 +10,6 @@ stage works on machines without a display and never changes a notebook's backend
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,10 @@ from emotion_classifier import files, image_paths, manifest
 from emotion_classifier.classes import CANONICAL_CLASSES
 from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import Config
+
+# Images per class in the sample grid, and the seed that draws them.
+SAMPLES_PER_CLASS = 8
+SEED = 0
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -120,16 +123,15 @@ def run(config: Config, force: bool = False) -> int:
     paths = config.paths
     manifest.require_labels_stage_manifest(paths.manifest)
     outputs = output_paths(config)
-    stamp = files.StageStamp(paths.processed / ".inspect.stamp.json", dataclasses.asdict(config.inspect),
-                             [paths.manifest])
+    stamp = files.StageStamp(paths.processed / ".inspect.stamp.json",
+                             {"samples_per_class": SAMPLES_PER_CLASS, "seed": SEED}, [paths.manifest])
     if not force and stamp.is_current():
         print(f"figures up to date in {outputs['samples'].parent} (use --force to redraw)")
         return 0
     frame = manifest.read_labels_stage_manifest(paths.manifest)
     if frame.empty:
         raise PipelineError(f"{paths.manifest} has no rows to inspect")
-    settings = config.inspect
-    files.save_figure(outputs["samples"], sample_grid(frame, paths.images_root, settings.samples_per_class, settings.seed))
+    files.save_figure(outputs["samples"], sample_grid(frame, paths.images_root, SAMPLES_PER_CLASS, SEED))
     files.save_figure(outputs["distribution"], distribution_chart(frame))
     stamp.record(list(outputs.values()))
     print(f"wrote {outputs['samples']} and {outputs['distribution']}")

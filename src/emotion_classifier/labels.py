@@ -68,6 +68,11 @@ SPLIT_FOLDERS: dict[str, str] = {
 # ----------------------------------------------------------------------------------------------
 # Layout detection
 
+# Processes that read and check images (0: one per CPU core), and the largest image accepted,
+# in pixels: larger ones are rejected as possible decompression bombs.
+WORKERS = 0
+MAX_IMAGE_PIXELS = 100_000_000
+
 
 def detect_layout(labels_root: Path, images_root: Path) -> str:
     """Name the layout found under the two roots; raise PipelineError when none is recognised."""
@@ -268,14 +273,14 @@ def build_manifest(config: Config, progress: bool = True) -> tuple[LabelTable, s
     if layout == "affectnet_csv":
         table = read_affectnet_csv_layout(paths.labels_root)
     elif layout == "affectnet_npy":
-        table = read_affectnet_npy_layout(paths.labels_root, paths.images_root, settings.workers, progress=progress)
+        table = read_affectnet_npy_layout(paths.labels_root, paths.images_root, WORKERS, progress=progress)
     elif layout == "class_folders":
         table = read_class_folders(paths.images_root)
     else:
         raise PipelineError(f"[labels] layout: unknown layout {layout!r}")
     table = reject_unsafe_paths(drop_duplicates(table), paths.images_root)
     if settings.check_images and len(table.rows):
-        table = apply_image_checks(table, paths.images_root, settings.max_image_pixels, settings.workers, progress)
+        table = apply_image_checks(table, paths.images_root, MAX_IMAGE_PIXELS, WORKERS, progress)
     table = fit_face_boxes(table)
     return table, layout
 
@@ -328,9 +333,8 @@ def run(config: Config, force: bool = False) -> int:
     """Build the manifest and its hand-off files; do nothing when inputs and settings are unchanged."""
     paths = config.paths
     outputs = output_paths(config)
-    settings = dataclasses.asdict(config.labels)
     # The number of worker processes changes how fast, not what, so it is not a stage input.
-    settings.pop("workers")
+    settings = {**dataclasses.asdict(config.labels), "max_image_pixels": MAX_IMAGE_PIXELS}
     stamp = files.StageStamp(paths.processed / ".labels.stamp.json", settings,
                              [paths.labels_root, paths.images_root])
     if not force and stamp.is_current():

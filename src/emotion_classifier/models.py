@@ -232,12 +232,9 @@ def build_model_6(
     return keras.Model(inputs, outputs, name="model_6")
 
 
-def build_model(section_name: str, model_config, num_classes: int) -> keras.Model:
-    """Build the model of a configuration section ("model_4" or "model_6")."""
-    if not isinstance(model_config.resize_in_model, bool):
-        # "auto" depends on the training images' size: inputs.resolve_resize_in_model decides it.
-        raise ValueError(f"{section_name}.resize_in_model is {model_config.resize_in_model!r}; "
-                         "resolve it against the training rows first (inputs.resolve_resize_in_model)")
+def build_model(section_name: str, model_config, num_classes: int, resize_in_model: bool = False) -> keras.Model:
+    """Build the model of a configuration section ("model_4" or "model_6"); ``resize_in_model``
+    (see model_inputs) as inputs.resolve_resize_in_model decides it for the training images."""
     input_shape = (model_config.image_size, model_config.image_size, model_config.channels)
     if section_name == "model_4" and model_config.architecture == "vgg":
         return build_vgg(
@@ -248,7 +245,7 @@ def build_model(section_name: str, model_config, num_classes: int) -> keras.Mode
             dense_units=model_config.dense_units,
             conv_dropout=model_config.conv_dropout,
             dense_dropout=model_config.dense_dropout,
-            resize_in_model=model_config.resize_in_model,
+            resize_in_model=resize_in_model,
         )
     if section_name == "model_4":
         if not model_config.conv_filters:
@@ -262,7 +259,7 @@ def build_model(section_name: str, model_config, num_classes: int) -> keras.Mode
             dense_units=model_config.dense_units,
             conv_dropout=model_config.conv_dropout,
             dense_dropout=model_config.dense_dropout,
-            resize_in_model=model_config.resize_in_model,
+            resize_in_model=resize_in_model,
         )
     if section_name == "model_6":
         return build_model_6(
@@ -270,7 +267,7 @@ def build_model(section_name: str, model_config, num_classes: int) -> keras.Mode
             num_classes,
             weights=model_config.weights or "imagenet",
             frozen_fraction=model_config.frozen_fraction,
-            resize_in_model=model_config.resize_in_model,
+            resize_in_model=resize_in_model,
         )
     raise ValueError(f"unknown model section {section_name!r}; expected model_4 or model_6")
 

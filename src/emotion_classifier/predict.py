@@ -12,7 +12,7 @@ in ``[predict]``). The output folder receives:
 - ``faces.csv`` and ``faces.json``: one row per face (file, box, detector confidence,
   landmarks, predicted emotion, every class probability); a photo without a face is one row
   with status ``no_face``, or ``whole_image`` when it was classified whole instead (see
-  ``classify_whole_if_no_face`` and ``face_crop_max_side``), and an unreadable file is a row
+  ``classify_whole_if_no_face`` and ``FACE_CROP_MAX_SIDE``), and an unreadable file is a row
   with its error;
 - ``contact_sheet.png``: every face found, with its label;
 - ``videos/<file>/``: for each video, its per-frame table, timelines, annotated video and
@@ -78,6 +78,9 @@ FACE = "face"
 WHOLE_IMAGE = "whole_image"
 NO_FACE = "no_face"
 UNREADABLE = "unreadable"
+# Pictures no larger than this on their longer side are face crops already (FER2013 is 48x48):
+# they are classified whole and flagged "whole_image", without searching them for faces.
+FACE_CROP_MAX_SIDE = 64
 
 
 @dataclasses.dataclass
@@ -111,8 +114,6 @@ class PredictionResult:
 
 def check_settings(settings: PredictConfig) -> None:
     """Reject values that a type alone cannot, naming the key."""
-    if settings.batch_size < 1:
-        raise PipelineError(f"predict.batch_size: must be positive, got {settings.batch_size}")
     if settings.test_time_augmentation not in TEST_TIME_AUGMENTATIONS:
         raise PipelineError(f"predict.test_time_augmentation: one of {', '.join(TEST_TIME_AUGMENTATIONS)}; "
                             f"got {settings.test_time_augmentation!r}")
@@ -126,8 +127,6 @@ def check_settings(settings: PredictConfig) -> None:
     if settings.video_frames_per_second < 0:
         raise PipelineError(f"predict.video_frames_per_second: must not be negative, got "
                             f"{settings.video_frames_per_second}")
-    if not 0.0 < settings.video_smoothing <= 1.0:
-        raise PipelineError(f"predict.video_smoothing: must be in (0, 1], got {settings.video_smoothing}")
     if settings.explain and not settings.model:
         raise PipelineError("--explain (predict.explain) needs the Keras model: set predict.model (--model)")
 
@@ -193,7 +192,7 @@ def _predict_photos(photos, input_path, output_dir, models, settings, stopwatch,
     for chunk in faces.photo_chunks(photos):
         results = [_find_faces(path, _relative_name(path, input_path), detector, classifier, settings, stopwatch)
                    for path in chunk]
-        _classify(results, classifier, settings.batch_size, stopwatch, views)
+        _classify(results, classifier, classifiers.BATCH_SIZE, stopwatch, views)
         if explainer is not None:
             _explain(results, explainer, settings, stopwatch)
         with stopwatch.measure("writing"):
@@ -221,7 +220,7 @@ def _find_faces(path: Path, file: str, detector: detectors.FaceDetector, classif
         except Exception as error:  # noqa: BLE001 - any undecodable file is reported, not fatal
             return PhotoResult(path, file, UNREADABLE, error=f"{type(error).__name__}: {error}")
     # A picture no larger than a face crop is one already (FER2013's are 48x48): classified whole.
-    is_face_crop = max(photo.shape[:2]) <= settings.face_crop_max_side
+    is_face_crop = max(photo.shape[:2]) <= FACE_CROP_MAX_SIDE
     with stopwatch.measure("detector"):
         boxes = [] if is_face_crop else detector.detect(photo)
     result = PhotoResult(path, file, FACE if boxes else NO_FACE, photo=photo, boxes=boxes)
@@ -263,11 +262,10 @@ def _explain(results: list[PhotoResult], explainer: KerasFaceClassifier, setting
             result.heatmaps = np.concatenate([
                 gradcam.gradcam_heatmaps(
                     explainer.model,
-                    np.stack(result.crops[index:index + settings.batch_size]),
-                    result.probabilities[index:index + settings.batch_size].argmax(axis=1),
-                    settings.gradcam_layer,
+                    np.stack(result.crops[index:index + classifiers.BATCH_SIZE]),
+                    result.probabilities[index:index + classifiers.BATCH_SIZE].argmax(axis=1),
                 )
-                for index in range(0, len(result.crops), settings.batch_size)
+                for index in range(0, len(result.crops), classifiers.BATCH_SIZE)
             ])
 
 

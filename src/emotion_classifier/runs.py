@@ -57,19 +57,21 @@ def default_model_path(config=None) -> Path:
     return best_model_path(config or config_module.Config(), "model_4")
 
 
-def run_fingerprint(config, section_name: str) -> str:
-    """What a run's result depends on: its section, the input pipeline and the split files.
+def run_fingerprint(config, section_name: str, resize_in_model: bool) -> str:
+    """What a run's result depends on: its resolved section, whether the model resizes its inputs
+    (inputs.resolve_resize_in_model), the input pipeline and the split files.
 
     The strategy is left out: it changes where training runs, not what it computes, so a run
     interrupted on one GPU may resume on several; so is the decision calibration, which is
     applied to the finished run (calibration.calibrate_run).
     """
     model_settings = dict(config.to_dict()[section_name])
-    for not_training in ("strategy", "steps_per_execution", "decision_calibration", "decision_recall_floor"):
-        model_settings.pop(not_training, None)
+    for not_training in ("strategy", "decision_calibration", "decision_recall_floor"):
+        model_settings.pop(not_training)
     settings = {
         "section": section_name,
         "model": model_settings,
+        "resize_in_model": resize_in_model,
         "generator": config.to_dict()["generator"],
         "split_manifest": files.file_digest(config.paths.split_manifest),
         "classes": files.file_digest(Path(config.paths.processed) / split_files.CLASSES_FILE_NAME),

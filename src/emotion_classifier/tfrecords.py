@@ -6,7 +6,7 @@ size and reduced to its channels, as raw uint8 pixels in TFRecord shards; every 
 that reads the shards with interleaved, parallel reads and only parses bytes. This pays off
 when decoding is the bottleneck (large photos such as AffectNet's, slow or network storage).
 
-Layout: ``<tfrecord_dir>/<split>_<size>x<size>x<channels>/shard-00000-of-00012.tfrecord`` and
+Layout: ``<data_dir>/processed/tfrecords/<split>_<size>x<size>x<channels>/shard-00000-of-00012.tfrecord`` and
 ``index.json`` beside the shards (what they were made from, image counts, unreadable files).
 Shards are rewritten only when the rows, the size, the channels or the face margin change.
 
@@ -42,16 +42,17 @@ logger = logging.getLogger(__name__)
 INDEX_NAME = "index.json"
 SHARD_PATTERN = "shard-*.tfrecord"
 FORMAT_VERSION = 1
-# Images per shard: enough shards for parallel interleaved reads, few enough to keep files large.
+# Images per shard, threads writing shards (0: one per CPU core), the seed of the order images
+# are written in, and the records held for shuffling in training (decoded images: a bounded buffer).
 SHARD_IMAGES = 2000
-# Images held for shuffling when training reads shards (after interleaving 8 shards).
+WRITE_WORKERS = 0
+WRITE_SEED = 0
 SHUFFLE_BUFFER = 10_000
 
 
 def shard_folder(config, model_config, split: str) -> Path:
     """Where the shards of ``split`` at ``model_config``'s input size live."""
-    generator = config.generator
-    root = Path(generator.tfrecord_dir) if generator.tfrecord_dir else Path(config.paths.processed) / "tfrecords"
+    root = Path(config.paths.processed) / "tfrecords"
     size = model_config.image_size
     equalized = "_equalized" if model_config.equalize_histogram else ""
     return root / f"{split}_{size}x{size}x{model_config.channels}{equalized}"
@@ -168,8 +169,8 @@ def ensure_shards(config, model_config, frame: pd.DataFrame, split: str, progres
     print(f"writing {split} images as TFRecord shards in {folder}")
     index = write_shards(
         frame, config.paths.images_root, folder, model_config.image_size, model_config.channels,
-        generator.face_margin, SHARD_IMAGES, 0,
-        seed=generator.seed, progress=progress, equalize_histogram=model_config.equalize_histogram,
+        generator.face_margin, SHARD_IMAGES, WRITE_WORKERS,
+        seed=WRITE_SEED, progress=progress, equalize_histogram=model_config.equalize_histogram,
     )
     return folder, index
 

@@ -17,6 +17,9 @@ from emotion_classifier.detectors import FaceBox, box_iou
 
 # A box continues a face when it overlaps the face's last box at least this much.
 MATCH_IOU = 0.3
+# Weight of each new frame in a face's smoothed probabilities (an exponential moving average;
+# 1: no smoothing): at 10 analysed frames per second, a change shows within a few tenths of a second.
+SMOOTHING = 0.4
 # Analysed frames a face may go undetected (a blink of the detector, a hand in front) and
 # keep its id.
 MAX_MISSED_FRAMES = 5
@@ -34,7 +37,8 @@ class Track:
 class FaceTracker:
     """Gives each box of a frame a face id, stable while the face moves."""
 
-    def __init__(self, smoothing: float, match_iou: float = MATCH_IOU, max_missed: int = MAX_MISSED_FRAMES):
+    def __init__(self, smoothing: float = SMOOTHING, match_iou: float = MATCH_IOU,
+                 max_missed: int = MAX_MISSED_FRAMES):
         if not 0.0 < smoothing <= 1.0:
             raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
         self.smoothing = smoothing

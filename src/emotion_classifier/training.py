@@ -28,7 +28,6 @@ import numpy as np
 import pandas as pd
 
 from emotion_classifier import calibration, distribute, ensemble, files, model_io, runs, split_files
-from emotion_classifier.augmentation import mixup_alpha
 from emotion_classifier.callbacks import ResumableEarlyStopping, RunCheckpoint, SkippedImagesReport, monitor_mode
 from emotion_classifier.errors import PipelineError
 from emotion_classifier.inputs import make_inputs, resolve_resize_in_model
@@ -52,15 +51,10 @@ def train(config, section_name: str, force: bool = False) -> Path:
             f"{config.paths.split_manifest}: no training images for class(es) {', '.join(missing)}; "
             "drop them in the split stage (split.drop_classes) or add images"
         )
-    if mixup_alpha(config.generator) > 0 and model_config.input_mode != "memory":
-        raise PipelineError(f"generator.mixup needs {section_name}.input_mode = \"memory\" "
-                            f"(it is {model_config.input_mode!r})")
     if model_config.ensemble_runs:
         ensemble.build_run(config, section_name, classes, counts, force)
         writes_run_folder = True
     else:
-        # Before the fingerprint, which (like config.json) records the answer, not "auto".
-        resolve_resize_in_model(config, model_config, training_rows)
         writes_run_folder = _train_run(config, section_name, run_dir, training_rows, validation_rows, classes,
                                        counts, force)
     if writes_run_folder:
@@ -74,7 +68,8 @@ def _train_run(config, section_name: str, run_dir: Path, training_rows: pd.DataF
     process writes the run folder (the chief of several workers, or the only one)."""
     model_config = getattr(config, section_name)
     class_weights = class_balanced_weights(counts, model_config.class_balanced_beta)
-    fingerprint = runs.run_fingerprint(config, section_name)
+    resize_in_model = resolve_resize_in_model(config, model_config, training_rows)
+    fingerprint = runs.run_fingerprint(config, section_name, resize_in_model)
     strategy = distribute.make_strategy(model_config.strategy)
     chief = distribute.is_chief(strategy)
     state = runs.prepare_run_folder(run_dir, fingerprint, force, may_write=chief)
@@ -91,8 +86,9 @@ def _train_run(config, section_name: str, run_dir: Path, training_rows: pd.DataF
     keras.utils.set_random_seed(model_config.seed + initial_epoch)
     with distribute.strategy_scope(strategy), distribute.precision_policy(model_config.mixed_precision):
         model = _resumed_or_new_model(config, section_name, run_dir, state, len(training_rows), classes,
-                                      class_weights, chief)
-    inputs = make_inputs(config, model_config, training_rows, validation_rows, len(classes), strategy)
+                                      class_weights, chief, resize_in_model)
+    inputs = make_inputs(config, model_config, training_rows, validation_rows, len(classes), resize_in_model,
+                         strategy)
     early_stopping = ResumableEarlyStopping(model_config.patience, state, model_config.monitor)
     checkpoint = RunCheckpoint(
         run_dir, fingerprint, early_stopping,
@@ -127,26 +123,23 @@ def _train_run(config, section_name: str, run_dir: Path, training_rows: pd.DataF
 
 
 def _resumed_or_new_model(config, section_name: str, run_dir: Path, state: dict | None, training_images: int,
-                          classes: list[str], class_weights: np.ndarray, chief: bool) -> keras.Model:
+                          classes: list[str], class_weights: np.ndarray, chief: bool,
+                          resize_in_model: bool) -> keras.Model:
     """The checkpointed model of an interrupted run, or a new compiled one (from random weights or
     from ``start_from_run``); called inside the strategy's and precision policy's scope."""
     model_config = getattr(config, section_name)
     if state:
         checkpoint_path = run_dir / runs.CHECKPOINT_DIR_NAME / state["checkpoint"]
         model = keras.saving.load_model(checkpoint_path, compile=True, safe_mode=True)
-        # Not part of the run's fingerprint: a resumed run takes the current setting.
-        model.steps_per_execution = model_config.steps_per_execution
         if chief:
             runs.truncate_metrics(run_dir / runs.METRICS_NAME, int(state["epochs_completed"]))
         print(f"resuming {run_dir} after epoch {state['epochs_completed']} of {model_config.epochs}")
         return model
-    model = build_model(section_name, model_config, len(classes))
+    model = build_model(section_name, model_config, len(classes), resize_in_model)
     model.compile(
         optimizer=make_optimizer(model_config, _steps_per_epoch(training_images, model_config)),
         loss=WeightedCrossEntropy(class_weights, label_smoothing=model_config.label_smoothing),
         metrics=["accuracy"],
-        jit_compile=distribute.jit_compile_argument(model_config.xla),
-        steps_per_execution=model_config.steps_per_execution,
     )
     if model_config.start_from_run:
         start_from_finished_run(model, config, section_name, classes)

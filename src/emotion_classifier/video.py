@@ -126,7 +126,7 @@ class _Analysis:
         self.views = views
         self.fps = fps if fps > 0 else 25.0
         self.step = analysis_step(fps, settings.video_frames_per_second)
-        self.tracker = FaceTracker(settings.video_smoothing)
+        self.tracker = FaceTracker()
         self.stopwatch = Stopwatch()
         self.frames_analysed = 0
         # Per face id: analysed times and smoothed probabilities (a few numbers per frame).
@@ -202,7 +202,7 @@ class _Analysis:
                                                    self.classifier.equalize_histogram))
             detected.append((frame_index, frame, boxes, ids))
         with self.stopwatch.measure("classifier"):
-            probabilities = classifiers.classify_faces(crops, self.classifier, self.settings.batch_size, self.views)
+            probabilities = classifiers.classify_faces(crops, self.classifier, classifiers.BATCH_SIZE, self.views)
         position = 0
         with self.stopwatch.measure("writing"):
             for frame_index, frame, boxes, ids in detected:
