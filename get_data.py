@@ -8,6 +8,8 @@ Writes: data/raw/archives/ (the archives as received, never edited), data/raw/fo
         reports/get_data_summary.json.
 Extraction handles zip, tar, tar.gz (and RAR where a backend is installed) and refuses entries
 that would land outside their folder (absolute paths, "..", links pointing outside).
+
+The work is done by emotion_classifier.acquire.run.
 """
 
 from emotion_classifier import cli, acquire
