@@ -2,7 +2,7 @@
 
 The project's data lives beside the checkout, in ``../shared/datasets/fer2013`` (train/ and val/
 with a folder per class). Where that folder is absent, the tests fall back to the sample the
-repository ships (the same layout, 50 training and 15 validation images per class), extracted
+repository ships (the same layout, 5,001 training and 1,000 validation images), extracted
 once into the temporary folder, so the suite runs on any fresh clone.
 """
 
