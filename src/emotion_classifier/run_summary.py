@@ -36,7 +36,8 @@ def model_line(config: Config, model_section: str) -> str:
             f"{scores['macro_f1']:.3f} on {report['images']} images of {report['dataset_description']}")
     summary = _read_json(config.paths.models / run_name / training.SUMMARY_NAME)
     if summary and summary.get("seconds") is not None:
-        line += f"; trained {summary.get('epochs_run', '?')} epochs in {float(summary['seconds']):.0f} s"
+        epochs = summary.get("epochs_run", "?")
+        line += f"; trained {epochs} epoch{'' if epochs == 1 else 's'} in {float(summary['seconds']):.0f} s"
     return line
 
 
