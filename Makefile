@@ -11,10 +11,10 @@ CONFIG ?= config/sample.toml
 ARGS ?=
 STAGE = $(VENV_PYTHON) $(1) --config $(CONFIG) $(ARGS)
 
-.PHONY: help run test test-all bench predict evaluate-shipped export venv clean stages get_data consolidate labels inspect split generator model_4 evaluate_4 model_6 evaluate_6 demo
+.PHONY: help run test test-all bench predict evaluate-shipped export venv clean get_data consolidate labels inspect split generator model_4 evaluate_4 model_6 evaluate_6 demo summary
 
 help: ## List the targets.
-	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-17s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
 	@test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ $(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
 
 venv: $(VENV)/.installed ## Create or update the virtual environment.
 
-run: venv ## Run every stage in order on $(CONFIG) (default: the shipped sample).
+run: venv ## Run every stage on CONFIG (default: the shipped sample), then print the figures.
 	$(call STAGE,get_data.py)
 	$(call STAGE,consolidate_data.py)
 	$(call STAGE,get_filenames_and_labels.py)
@@ -37,19 +37,32 @@ run: venv ## Run every stage in order on $(CONFIG) (default: the shipped sample)
 	$(call STAGE,model_6.py)
 	$(call STAGE,model_evaluation_6.py)
 	$(VENV_PYTHON) -m emotion_classifier.demo --config $(CONFIG) $(ARGS)
-	@echo "Done. Reports: reports/ (comparison.md, figures/, demo/); models: models/"
+	$(VENV_PYTHON) -m emotion_classifier.run_summary --config $(CONFIG) $(ARGS)
 
-get_data: venv ; $(call STAGE,get_data.py)
-consolidate: venv ; $(call STAGE,consolidate_data.py)
-labels: venv ; $(call STAGE,get_filenames_and_labels.py)
-inspect: venv ; $(call STAGE,inspect_images.py)
-split: venv ; $(call STAGE,train_valid_test_clean.py)
-generator: venv ; $(call STAGE,custom_generator.py)
-model_4: venv ; $(call STAGE,model_4.py)
-evaluate_4: venv ; $(call STAGE,model_evaluation_4.py)
-model_6: venv ; $(call STAGE,model_6.py)
-evaluate_6: venv ; $(call STAGE,model_evaluation_6.py)
-demo: venv ; $(VENV_PYTHON) -m emotion_classifier.demo --config $(CONFIG) $(ARGS)
+get_data: venv ## Stage 1: bring the dataset into data/raw/ and extract it.
+	$(call STAGE,get_data.py)
+consolidate: venv ## Stage 2: gather every image and label file into data/interim/.
+	$(call STAGE,consolidate_data.py)
+labels: venv ## Stage 3: read the labels into data/processed/manifest.csv; list rejected files.
+	$(call STAGE,get_filenames_and_labels.py)
+inspect: venv ## Stage 4: plot sample faces and class counts (reports/figures/).
+	$(call STAGE,inspect_images.py)
+split: venv ## Stage 5: draw the train, validation and test splits.
+	$(call STAGE,train_valid_test_clean.py)
+generator: venv ## Stage 6: preview an augmented batch; measure the input pipeline.
+	$(call STAGE,custom_generator.py)
+model_4: venv ## Stage 7: train model_4, the custom CNN (models/model_4/).
+	$(call STAGE,model_4.py)
+evaluate_4: venv ## Stage 8: evaluate model_4 (reports/model_4/, reports/comparison.md).
+	$(call STAGE,model_evaluation_4.py)
+model_6: venv ## Stage 9: train model_6, ResNet50 (models/model_6/).
+	$(call STAGE,model_6.py)
+evaluate_6: venv ## Stage 10: evaluate model_6 (reports/model_6/).
+	$(call STAGE,model_evaluation_6.py)
+demo: venv ## Stage 11: run demo.ipynb headless on images/ (reports/demo/).
+	$(VENV_PYTHON) -m emotion_classifier.demo --config $(CONFIG) $(ARGS)
+summary: venv ## Print each model's accuracy and macro F1 and where the reports are.
+	$(VENV_PYTHON) -m emotion_classifier.run_summary --config $(CONFIG) $(ARGS)
 
 # FER2013's val/ (PublicTest) as given under ../shared; any folder-per-class dataset works.
 EVALUATE_DATASET ?= ../shared/datasets/fer2013
@@ -79,5 +92,6 @@ test: venv ## Run the default test suite (fast; slow tests excluded).
 test-all: venv ## Run every test, the slow ones included.
 	$(VENV_PYTHON) -m pytest -m "slow or not slow"
 
-clean: ## Remove generated data, runs and reports (never the shipped sample or raw downloads of real data outside data/).
-	rm -rf data models reports
+clean: ## Remove generated data, runs and reports (never the shipped sample or the shipped model).
+	rm -rf data reports
+	find models -mindepth 1 -maxdepth 1 ! -name shipped -exec rm -rf {} +

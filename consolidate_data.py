@@ -6,6 +6,8 @@ Writes: data/interim/images/ (hard links where possible, else copies; relative p
         label files stay valid), data/interim/labels/ (label files: csv, npy, ...),
         data/interim/duplicates.csv, reports/consolidate_summary.json (images, non-image files
         skipped, duplicate names).
+
+The work is done by emotion_classifier.consolidate.run.
 """
 
 from emotion_classifier import cli, consolidate

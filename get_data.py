@@ -11,6 +11,8 @@ refuses entries that would land outside their folder (absolute paths, "..", link
 outside), duplicate names and decompression bombs (get_data.max_expansion_ratio,
 max_extracted_gb); a damaged, unsafe or incomplete archive set fails on its own with one FAILED
 line while the others are extracted (exit status 1; 2 when nothing could be done).
+
+The work is done by emotion_classifier.acquire.run.
 """
 
 from emotion_classifier import cli, acquire

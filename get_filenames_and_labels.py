@@ -9,6 +9,8 @@ Writes: data/processed/manifest.csv (one row per image: label, source split, fac
         arousal, landmarks, image size), data/processed/filenames.npy, data/processed/labels.npy
         (canonical ids = AffectNet codes), data/processed/rejected_files.csv (every left-out file
         or row with its reason), reports/labels_summary.json.
+
+The work is done by emotion_classifier.labels.run.
 """
 
 from emotion_classifier import cli, labels

@@ -4,6 +4,8 @@
 Reads:  data/processed/manifest.csv, data/interim/images/
 Writes: reports/figures/sample_images.png (sample images per class with their labels and face
         boxes), reports/figures/class_distribution.png (class counts per split).
+
+The work is done by emotion_classifier.inspect_images.run.
 """
 
 from emotion_classifier import cli, inspect_images

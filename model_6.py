@@ -4,6 +4,8 @@
 [model_6] weights = "imagenet" (needs the download or Keras' cached file; stops at once with the
 alternatives when neither is available), "none" (from scratch) or a local weights file.
 Reads and writes as model_4.py, in models/model_6/.
+
+The work is done by emotion_classifier.training.run_model_6.
 """
 
 from emotion_classifier import cli, training

@@ -7,6 +7,8 @@ Writes: reports/<name>/evaluation.json (accuracy, balanced accuracy, macro and w
         per-class precision and recall, Cohen's kappa, classification report),
         reports/<name>/confusion_matrix.png, reports/<name>/predictions.csv,
         reports/comparison.md (every evaluated model side by side).
+
+The work is done by emotion_classifier.evaluation.run_model_evaluation_4.
 """
 
 from emotion_classifier import cli, evaluation

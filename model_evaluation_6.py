@@ -3,6 +3,8 @@
 
 Reads:  [model_evaluation_6] model (default: models/model_6/best.keras) and dataset.
 Writes: as model_evaluation_4.py, in reports/<name>/ and reports/comparison.md.
+
+The work is done by emotion_classifier.evaluation.run_model_evaluation_6.
 """
 
 from emotion_classifier import cli, evaluation

@@ -7,6 +7,8 @@ Writes: data/processed/split_manifest.csv, data/processed/classes.json,
         reports/split_summary.json; prints the per-class counts of each split.
 Validation is class-balanced ([split] valid_per_class per class); test is the dataset's own
 evaluation split when it has one, else a stratified [split] test_fraction. Fixed seed.
+
+The work is done by emotion_classifier.splits.run.
 """
 
 from emotion_classifier import cli, splits

@@ -176,7 +176,7 @@ def test_model_6_resizing_its_inputs_takes_grey_faces_of_any_size():
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
-@pytest.mark.parametrize("preset", ["fer_vgg", "fer_vgg_cpu", "fer_vgg_wide"])
+@pytest.mark.parametrize("preset", ["fer_vgg", "fer_vgg_cpu", "fer_vgg_wide", "fer_vgg_small"])
 def test_fer_presets_build_at_fer_resolution_with_their_widths(preset):
     from emotion_classifier.config import MODEL_PRESETS, load_config
 

@@ -93,14 +93,14 @@ def test_sample_chain_runs_and_reruns_as_no_ops(tmp_path, monkeypatch):
 
     processed = tmp_path / "data" / "processed"
     manifest = read_manifest(processed / "manifest.csv")
-    assert len(manifest) == 455
+    assert len(manifest) == 6001
     assert set(manifest["source_split"]) == {"train", "validation"}
     split_manifest = read_manifest(processed / "split_manifest.csv")
-    assert "disgust" not in set(split_manifest["label"])
     assert json.loads((processed / "classes.json").read_text())["classes"] == [
-        "neutral", "happy", "sad", "surprise", "fear", "anger"]
+        "neutral", "happy", "sad", "surprise", "fear", "disgust", "anger"]
     counts = split_manifest.groupby("split").size().to_dict()
-    assert counts == {"train": 6 * 42, "valid": 6 * 8, "test": 6 * 15}
+    # 50 validation faces per class, disgust's capped at 15% of its 76.
+    assert counts == {"train": 4690, "valid": 6 * 50 + 11, "test": 1000}
     assert len(np.load(processed / "X_train_filenames.npy", allow_pickle=False)) == counts["train"]
 
     reports = tmp_path / "reports"
@@ -112,7 +112,7 @@ def test_sample_chain_runs_and_reruns_as_no_ops(tmp_path, monkeypatch):
             assert (run_folder / name).is_file(), (run_name, name)
         report = json.loads((reports / run_name / "evaluation.json").read_text())
         assert 0.0 <= report["metrics"]["accuracy"] <= 1.0
-        assert report["images"] == 6 * 15
+        assert report["images"] == 1000
         assert (reports / run_name / "confusion_matrix.png").is_file()
     comparison = (reports / "comparison.md").read_text()
     assert "model_4" in comparison and "model_6" in comparison
@@ -122,7 +122,7 @@ def test_sample_chain_runs_and_reruns_as_no_ops(tmp_path, monkeypatch):
     assert cli.main(demo.run, "demo", "demo", ["--config", "config/sample.toml", *overrides, demo_model]) == 0
     predictions = pd.read_csv(reports / "demo" / "faces.csv")
     assert len(predictions) == len(list((REPOSITORY / "images").glob("*.jpg")))
-    assert predictions["predicted"].isin(["neutral", "happy", "sad", "surprise", "fear", "anger"]).all()
+    assert predictions["predicted"].isin(["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger"]).all()
     assert (reports / "demo" / "demo.executed.ipynb").is_file()
 
     # Unchanged inputs: the data stages do nothing the second time (files keep their mtime).
