@@ -26,7 +26,7 @@ from pathlib import Path
 
 from common import PROJECT_ROOT, REPORT_DIR, machine_description
 
-from emotion_classifier import detectors, faces, files, predict
+from emotion_classifier import detectors, faces, files, predict, runs
 from emotion_classifier.config import PredictConfig
 
 # Photo -> a point inside each clearly visible face (the faces the photos' README lists).
@@ -112,7 +112,7 @@ def predict_speed(photos_dir: Path, work: Path) -> list[dict]:
     rows = []
     for detector_name in ("haar", "blazeface"):
         settings = dataclasses.replace(PredictConfig(), input=str(folder), output_dir=str(work / detector_name),
-                                       model=str(predict.default_model_path(None)), detector=detector_name)
+                                       model=str(runs.default_model_path(None)), detector=detector_name)
         predict.predict(dataclasses.replace(settings, input=str(photos_dir / "obama-240p.jpg"),
                                             output_dir=str(work / "warm_up")), show_progress=False)
         summary = predict.predict(settings, show_progress=False).summary

@@ -54,11 +54,11 @@ def write_affectnet_csv(path: Path, rows: int, seed: int = 0) -> None:
 
 
 def run_ours(csv_path: Path) -> dict:
-    from emotion_classifier import labels, splits
+    from emotion_classifier import affectnet_labels, splits
     from emotion_classifier.config import Config
 
     started = time.perf_counter()
-    table = labels.read_affectnet_csv(csv_path, "training.csv", "train")
+    table = affectnet_labels.read_affectnet_csv(csv_path, "training.csv", "train")
     read_seconds = time.perf_counter() - started
     result = splits.assign_splits(table.rows, Config())
     return {"rows_kept": int(len(result.rows)), "read_seconds": round(read_seconds, 2),

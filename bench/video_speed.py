@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 from common import PROJECT_ROOT, REPORT_DIR, machine_description
 
-from emotion_classifier import files, predict
+from emotion_classifier import files, predict, runs
 from emotion_classifier.config import PredictConfig
 
 WARM_UP_FRAMES = 20
@@ -51,10 +51,10 @@ def main() -> None:
     arguments = parser.parse_args()
     if not arguments.video.is_file():
         raise SystemExit(f"{arguments.video} not found: give --video")
-    runs = []
+    measured = []
     with tempfile.TemporaryDirectory(prefix="video_speed_") as temporary:
         work = Path(temporary)
-        model = str(predict.default_model_path(None))
+        model = str(runs.default_model_path(None))
         variants = [("keras", {"model": model})]
         if arguments.tflite:
             variants.append(("tflite", {"tflite_model": arguments.tflite}))
@@ -70,10 +70,10 @@ def main() -> None:
                        "analysed_frames_per_second": summary["analysed_frames_per_second"],
                        "faces_followed": len(summary["faces"]),
                        "seconds_by_activity": summary["seconds_by_activity"]}
-                runs.append(run)
+                measured.append(run)
                 print(run)
     files.write_json(REPORT_DIR / "video_speed.json",
-                     {"machine": machine_description(), "video": str(arguments.video), "runs": runs})
+                     {"machine": machine_description(), "video": str(arguments.video), "runs": measured})
     print(f"wrote {REPORT_DIR / 'video_speed.json'}")
 
 

@@ -298,11 +298,10 @@ def drive_config(tmp_path, monkeypatch):
     monkeypatch.setattr(drive, "load_credentials",
                         lambda settings, authorize=None: google.oauth2.credentials.Credentials(token="test-token"))
     with FakeDriveServer(page_size=10) as server:
+        monkeypatch.setattr(drive, "API_ENDPOINT", server.api_endpoint)
+        monkeypatch.setattr(drive, "MAX_RETRIES", 0)
         config = make_config(tmp_path, [], source_kind="drive")
-        config.get_data = dataclasses.replace(
-            config.get_data, drive_api_endpoint=server.api_endpoint, drive_max_retries=0,
-            drive_folder_id=server.add_folder("AffectNet"),
-        )
+        config.get_data = dataclasses.replace(config.get_data, drive_folder_id=server.add_folder("AffectNet"))
         yield server, config
 
 

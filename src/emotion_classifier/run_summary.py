@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from emotion_classifier import evaluation, training
+from emotion_classifier import evaluation, runs
 from emotion_classifier.config import Config
 
-MODEL_SECTIONS = {"model_4": "model_evaluation_4", "model_6": "model_evaluation_6"}
 
 
 def _read_json(path: Path) -> dict | None:
@@ -26,15 +25,15 @@ def _read_json(path: Path) -> dict | None:
 def model_line(config: Config, model_section: str) -> str:
     """One line of figures for one model section: accuracy, macro F1, images, training time."""
     run_name = getattr(config, model_section).run_name
-    report_name = getattr(config, MODEL_SECTIONS[model_section]).name or run_name
+    report_name = getattr(config, runs.EVALUATION_SECTIONS[model_section]).name or run_name
     report = _read_json(config.paths.reports / report_name / evaluation.EVALUATION_NAME)
     if report is None:
         return f"{model_section} ({run_name}): no evaluation report; run {model_section}.py, then " \
-               f"{MODEL_SECTIONS[model_section]}.py"
+               f"{runs.EVALUATION_SECTIONS[model_section]}.py"
     scores = report["metrics"]
     line = (f"{model_section} ({run_name}): accuracy {scores['accuracy']:.1%}, macro F1 "
             f"{scores['macro_f1']:.3f} on {report['images']} images of {report['dataset_description']}")
-    summary = _read_json(config.paths.models / run_name / training.SUMMARY_NAME)
+    summary = _read_json(config.paths.models / run_name / runs.SUMMARY_NAME)
     if summary and summary.get("seconds") is not None:
         epochs = summary.get("epochs_run", "?")
         line += f"; trained {epochs} epoch{'' if epochs == 1 else 's'} in {float(summary['seconds']):.0f} s"
@@ -45,12 +44,12 @@ def summary_lines(config: Config) -> list[str]:
     """The figures of both models, then the files a person looks at first."""
     reports, models = config.paths.reports, config.paths.models
     demo_dir = Path(config.demo.output_dir) if config.demo.output_dir else reports / "demo"
-    lines = ["", "Results", *(f"  {model_line(config, section)}" for section in MODEL_SECTIONS), "",
+    lines = ["", "Results", *(f"  {model_line(config, section)}" for section in runs.MODEL_SECTIONS), "",
              "Where to look"]
     lines += [
         f"  {reports / evaluation.COMPARISON_NAME}: every evaluated model side by side",
         f"  {reports}/<model>/{evaluation.CONFUSION_NAME}, {evaluation.EVALUATION_NAME}: per-class figures",
-        f"  {models}/<model>/history.png, {training.METRICS_NAME}: the training curves",
+        f"  {models}/<model>/history.png, {runs.METRICS_NAME}: the training curves",
         f"  {reports / 'figures'}/: sample images, class distribution, an augmented batch",
         f"  {demo_dir}/: the demo's faces found and classified (demo.executed.ipynb, faces.csv)",
     ]
