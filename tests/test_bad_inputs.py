@@ -54,7 +54,7 @@ def write_config(folder: Path, extra: str = "") -> Path:
     path = folder / "run.toml"
     path.write_text(
         f'[paths]\ndata_dir = "{folder / "data"}"\nmodels_dir = "{folder / "models"}"\n'
-        f'reports_dir = "{folder / "reports"}"\n[labels]\nworkers = 1\n'
+        f'reports_dir = "{folder / "reports"}"\n'
         f'[split]\nvalid_per_class = 1\ntest_fraction = 0.3\n{extra}'
     )
     return path
@@ -146,11 +146,11 @@ def test_inspect_on_a_hand_edited_manifest_never_opens_a_pipe_or_a_path_out(tmp_
 @pytest.mark.parametrize(
     "script, config_text, overrides, expected",
     [
-        ("get_filenames_and_labels.py", "[labels]\nworkers = -1\n", [], ["labels.workers", "at least 0"]),
-        ("get_filenames_and_labels.py", "", ["max_image_pixels=0"], ["labels.max_image_pixels"]),
+        ("get_filenames_and_labels.py", "[split]\nvalid_per_class = -1\n", [], ["split.valid_per_class", "[0, inf)"]),
+        ("get_filenames_and_labels.py", "", ["generator.zoom=1.0"], ["generator.zoom"]),
         ("train_valid_test_clean.py", b"[split]\n# caf\xe9\nseed = 1\n", [], ["run.toml", "not UTF-8"]),
-        ("inspect_images.py", "[inspect]\nsample_per_class = 3\n", [], ["unknown key inspect.sample_per_class"]),
-        ("inspect_images.py", "[inspect]\nsamples_per_class = 0\n", [], ["inspect.samples_per_class"]),
+        ("inspect_images.py", "[model_6]\nconv_filters = [8]\n", [], ["unknown key model_6.conv_filters"]),
+        ("inspect_images.py", "[training]\nwarmup_epochs = 2\n", [], ["training.warmup_epochs", "cosine"]),
         ("consolidate_data.py", "[consolidate\nlink_mode = 1\n", [], ["run.toml", "not valid TOML"]),
         ("consolidate_data.py", "DATA_IS_A_FILE", [], ["paths.data_dir", "is not a folder"]),
         ("train_valid_test_clean.py", "DATA_IS_A_FILE", [], ["paths.data_dir", "is not a folder"]),

@@ -62,7 +62,7 @@ def pictures(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def folder_result(tiny_model, pictures, tmp_path_factory) -> predict.PredictionResult:
-    return demo.predict_folder(tiny_model, pictures, tmp_path_factory.mktemp("demo") / "out", batch_size=2)
+    return demo.predict_folder(tiny_model, pictures, tmp_path_factory.mktemp("demo") / "out")
 
 
 def test_predict_folder_labels_every_face_and_flags_the_rest(folder_result):
@@ -184,10 +184,10 @@ def test_demo_stage_executes_the_notebook_headless(tiny_model, pictures, tmp_pat
     config = Config()
     config.demo.model = str(tiny_model)
     config.demo.images_dir = str(pictures)
-    config.demo.output_dir = str(tmp_path / "demo")
+    config.paths.reports_dir = str(tmp_path / "reports")
 
     assert demo.run(config) == 0
-    output = tmp_path / "demo"
+    output = tmp_path / "reports" / "demo"
     executed_path = output / demo.EXECUTED_NOTEBOOK_NAME
     executed = nbformat.read(executed_path, as_version=4)
     injected = [cell for cell in executed.cells if "injected-parameters" in cell.metadata.get("tags", [])]

@@ -130,7 +130,7 @@ def test_unreachable_endpoint_is_retried_then_a_clear_error(tmp_path, monkeypatc
     monkeypatch.setattr(drive, "API_ENDPOINT", "http://127.0.0.1:1/drive/v3/")
     monkeypatch.setattr(drive, "MAX_RETRIES", 1)
     settings = GetDataConfig(source_kind="drive", drive_folder_id="folder1")
-    with pytest.raises(PipelineError, match="could not reach Google Drive .* after 2 tries"):
+    with pytest.raises(PipelineError, match="could not reach Google Drive after 2 tries"):
         drive.download(settings, tmp_path, credentials=google.oauth2.credentials.Credentials(token="test-token"),
                        retry_base_delay=BASE_DELAY, sleep=delays.append)
     assert delays == [BASE_DELAY]

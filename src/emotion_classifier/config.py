@@ -181,9 +181,8 @@ class TrainingConfig:
     # "constant" (the original) or "cosine" (linear warm-up over warmup_epochs, then decay to 0).
     learning_rate_schedule: str = setting("constant", {"constant", "cosine"})
     warmup_epochs: int = setting(0, "[0, inf)")
-    # The validation metric that chooses the best epoch (best.keras) and drives early stopping:
-    # "val_loss" (the original) or "val_accuracy" (better for long runs with label smoothing,
-    # whose validation loss bottoms out epochs before the accuracy peaks).
+    # The metric that picks the best epoch and drives early stopping: "val_loss" (the original) or
+    # "val_accuracy" (for long runs with label smoothing, whose loss bottoms out earlier).
     monitor: str = setting("val_loss", {"val_loss", "val_accuracy"})
     # Early stopping: epochs without improvement of the monitored metric.
     patience: int = setting(3, "[0, inf)")
@@ -191,11 +190,9 @@ class TrainingConfig:
     class_balanced_beta: float = setting(0.9999, "[0, 1)")
     label_smoothing: float = setting(0.0, "[0, 1)")
     seed: int = 0
-    # After training: "none"; "prior_matching" (per-class offsets added to the final layer's
-    # logits so that, on the validation split reweighted to the training class frequencies, each
-    # class is predicted as often as it occurs); or "recall_floor" (the smallest offsets that give
-    # every class a validation recall of at least decision_recall_floor). Fitted on the views of
-    # the evaluation section's test_time_augmentation; changing it re-calibrates a finished run.
+    # After training: "none", "prior_matching" (logit offsets that make each class predicted as
+    # often as it occurs in training) or "recall_floor" (the smallest offsets giving every class a
+    # validation recall of decision_recall_floor); changing it re-calibrates a finished run.
     decision_calibration: str = setting("none", {"none", "prior_matching", "recall_floor"})
     # The validation recall every class gets from decision_calibration = "recall_floor".
     decision_recall_floor: float = setting(0.5, "(0, 1)")
@@ -209,9 +206,8 @@ class TrainingConfig:
     # several GPUs, else none), "none", "mirrored" (all GPUs of this machine) or "multi_worker";
     # the last two need input_mode = "tf_data".
     strategy: str = setting("auto", {"auto", "none", "mirrored", "multi_worker"})
-    # 16-bit computation with float32 weights: bfloat16 on GPUs that have it (compute capability
-    # 8.0 on), else float16 with loss scaling; on a CPU bfloat16 only where it has bfloat16
-    # instructions (AVX512-BF16, AMX), else float32 (emulated bfloat16 is about 3 times slower).
+    # 16-bit computation with float32 weights: bfloat16 on GPUs that have it, else float16 with loss
+    # scaling; on a CPU bfloat16 only with AVX512-BF16 or AMX, else float32 (emulation is slower).
     mixed_precision: bool = False
 
 
@@ -224,9 +220,8 @@ class ModelConfig(TrainingConfig):
     image_size: int = setting(256, "[32, inf)")
     # 1 (grey) or 3 (colour).
     channels: int = setting(3, {1, 3})
-    # Histogram-equalise every face on the model's grid (channels = 1 only), in training and in
-    # everything that uses the model afterwards (it is saved in model_info.json): FER2013's faces
-    # come equalised, photos from elsewhere do not (see equalization.py).
+    # Histogram-equalise every face on the model's grid (channels = 1), in training and wherever the
+    # model is used afterwards (model_info.json): FER2013's faces come equalised (equalization.py).
     equalize_histogram: bool = False
     # An ensemble instead of a training run: the run names of two or more finished runs of this
     # section, whose best models become one model that averages their logits (each member's own

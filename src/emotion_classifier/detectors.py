@@ -13,7 +13,7 @@
 - ``YuNetFaceDetector`` (``"yunet"``): ``cv2.FaceDetectorYN`` with a YuNet ONNX file that the
   user supplies; five landmarks and a face score in [0, 1].
 
-Every detector works on a copy shrunk to ``detection_max_side`` and returns boxes in the
+Every detector works on a copy shrunk to ``DETECTION_MAX_SIDE`` and returns boxes in the
 photo's pixels, after non-maximum suppression (no two boxes on one face) and the confidence
 threshold. Landmark names are from the viewer's side: ``left_eye`` is the eye on the left of
 the picture.
@@ -52,6 +52,8 @@ TILE_OVERLAP = 0.25
 # tiles (a wide group photo letterboxed whole leaves its faces few pixels). 16:9 video frames
 # stay below it, so a frame costs one pass of the model.
 TILE_ASPECT_LIMIT = 1.9
+# Photos with a longer side above this are searched on a copy shrunk to it (speed).
+DETECTION_MAX_SIDE = 640
 # A photo whose detection copy is at least this many pixels both ways is also searched in a
 # 2 x 2 grid of squares of this fraction of its longer side: the faces of a group photo keep
 # twice the pixels at the model's 192-pixel input. 640x360 video frames stay below it.
@@ -157,7 +159,7 @@ class HaarFaceDetector:
     landmark_names: tuple[str, ...] = ()
 
     def __init__(self, cascade_path: str | Path = "", scale_factor: float = 1.1, min_neighbors: int = 5,
-                 min_face_size: int = 48, detection_max_side: int = 640, min_confidence: float = 0.0):
+                 min_face_size: int = 48, detection_max_side: int = DETECTION_MAX_SIDE, min_confidence: float = 0.0):
         if scale_factor <= 1.0:
             raise ValueError(f"scale_factor must be greater than 1, got {scale_factor}")
         if min_neighbors < 0 or min_face_size < 1:
@@ -204,7 +206,7 @@ class YuNetFaceDetector:
     name = "yunet"
     landmark_names = YUNET_LANDMARKS
 
-    def __init__(self, model_path: str | Path, min_confidence: float = 0.7, detection_max_side: int = 640):
+    def __init__(self, model_path: str | Path, min_confidence: float = 0.7, detection_max_side: int = DETECTION_MAX_SIDE):
         if not model_path:
             raise PipelineError(
                 "predict.detector is \"yunet\" but predict.yunet_model is empty: set it to the YuNet ONNX "
@@ -268,7 +270,7 @@ class BlazeFaceDetector:
     name = "blazeface"
     landmark_names = BLAZEFACE_LANDMARKS
 
-    def __init__(self, min_confidence: float = 0.5, detection_max_side: int = 640):
+    def __init__(self, min_confidence: float = 0.5, detection_max_side: int = DETECTION_MAX_SIDE):
         from ai_edge_litert.interpreter import Interpreter
 
         if not 0.0 <= min_confidence <= 1.0:

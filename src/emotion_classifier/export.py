@@ -106,7 +106,7 @@ def convert_to_tflite(saved_model_dir: str | Path, variant: str, calibration_ima
 
 def tflite_probabilities(tflite_path: str | Path, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Class probabilities of a TFLite model (with its model_info.json beside it) for ``images``."""
-    from emotion_classifier.predict import TFLiteFaceClassifier
+    from emotion_classifier.classifiers import TFLiteFaceClassifier
 
     classifier = TFLiteFaceClassifier(tflite_path)
     return np.concatenate([

@@ -43,7 +43,7 @@ def model_line(config: Config, model_section: str) -> str:
 def summary_lines(config: Config) -> list[str]:
     """The figures of both models, then the files a person looks at first."""
     reports, models = config.paths.reports, config.paths.models
-    demo_dir = Path(config.demo.output_dir) if config.demo.output_dir else reports / "demo"
+    demo_dir = reports / "demo"
     lines = ["", "Results", *(f"  {model_line(config, section)}" for section in runs.MODEL_SECTIONS), "",
              "Where to look"]
     lines += [
