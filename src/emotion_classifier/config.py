@@ -255,7 +255,9 @@ class ModelConfig:
     # "tf_data" (parallel tf.data pipeline), "memory" (every image decoded once and cached as
     # uint8 arrays, augmented on the host with OpenCV; any Keras backend; the fastest
     # when the dataset fits in memory) or "arrays" (decoded on the host every epoch, plain
-    # JPEGs by OpenCV and other files by Pillow; any backend).
+    # JPEGs by OpenCV and other files by Pillow; any backend) or "device" (the cached uint8
+    # arrays held on the accelerator and augmented by the model in its compiled training step;
+    # any backend; keeps a GPU busy).
     input_mode: str = "tf_data"
     # Devices: "auto" (MultiWorkerMirroredStrategy when TF_CONFIG is set, MirroredStrategy with
     # several GPUs, else none), "none", "mirrored" (all GPUs of this machine) or "multi_worker".
@@ -599,7 +601,7 @@ _CHOICES = {
     ("model_evaluation_4", "test_time_augmentation"): {"none", "flip", "flip_crops"},
     ("model_evaluation_6", "test_time_augmentation"): {"none", "flip", "flip_crops"},
     ("labels", "layout"): {"auto", "affectnet_csv", "affectnet_npy", "class_folders"},
-    ("model_4", "input_mode"): {"tf_data", "memory", "arrays"},
+    ("model_4", "input_mode"): {"tf_data", "memory", "arrays", "device"},
     ("model_4", "monitor"): {"val_loss", "val_accuracy"},
     ("model_4", "decision_calibration"): {"none", "prior_matching", "recall_floor"},
     ("model_6", "decision_calibration"): {"none", "prior_matching", "recall_floor"},
@@ -609,7 +611,7 @@ _CHOICES = {
     ("model_6", "optimizer"): {"adam", "adamw", "sgd"},
     ("model_4", "learning_rate_schedule"): {"constant", "cosine"},
     ("model_6", "learning_rate_schedule"): {"constant", "cosine"},
-    ("model_6", "input_mode"): {"tf_data", "memory", "arrays"},
+    ("model_6", "input_mode"): {"tf_data", "memory", "arrays", "device"},
     ("model_4", "strategy"): {"auto", "none", "mirrored", "multi_worker"},
     ("model_6", "strategy"): {"auto", "none", "mirrored", "multi_worker"},
     ("model_4", "resize_in_model"): {True, False, "auto"},

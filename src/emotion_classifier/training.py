@@ -10,7 +10,7 @@ same configuration does nothing; ``force`` starts over. A run folder that holds 
 different configuration is never overwritten silently.
 
 Training code uses Keras only (no TensorFlow calls) except in ``input_mode = "tf_data"``, so with
-``input_mode = "memory"`` or ``"arrays"`` it runs on any Keras backend.
+``input_mode = "memory"``, ``"device"`` or ``"arrays"`` it runs on any Keras backend.
 
 Several devices (``strategy``, see ``distribute.py``): the model is built and compiled inside
 the strategy's scope; every worker trains, only the chief writes the run folder (which must be
@@ -33,6 +33,7 @@ from emotion_classifier.callbacks import ResumableEarlyStopping, RunCheckpoint, 
 from emotion_classifier.errors import PipelineError
 from emotion_classifier.inputs import make_inputs, resolve_resize_in_model
 from emotion_classifier.losses import WeightedCrossEntropy, class_balanced_weights
+from emotion_classifier.device_augmentation import DeviceAugmentation
 from emotion_classifier.models import build_model
 
 
@@ -140,7 +141,10 @@ def _resumed_or_new_model(config, section_name: str, run_dir: Path, state: dict 
             runs.truncate_metrics(run_dir / runs.METRICS_NAME, int(state["epochs_completed"]))
         print(f"resuming {run_dir} after epoch {state['epochs_completed']} of {model_config.epochs}")
         return model
-    model = build_model(section_name, model_config, len(classes))
+    # input_mode = "device": the model augments its training batches itself, in its training step.
+    augmentation = (DeviceAugmentation.from_config_section(config.generator, seed=model_config.seed)
+                    if model_config.input_mode == "device" else None)
+    model = build_model(section_name, model_config, len(classes), training_augmentation=augmentation)
     model.compile(
         optimizer=make_optimizer(model_config, _steps_per_epoch(training_images, model_config)),
         loss=WeightedCrossEntropy(class_weights, label_smoothing=model_config.label_smoothing),
@@ -212,7 +216,9 @@ def _work_around_multi_worker_fit(model: keras.Model, strategy, model_config) ->
 
 
 def _steps_per_epoch(training_images: int, model_config) -> int:
-    steps = max(1, math.ceil(training_images / model_config.batch_size))
+    # input_mode = "device" keeps every batch full (in_memory.DeviceBatches).
+    rounding = math.floor if model_config.input_mode == "device" else math.ceil
+    steps = max(1, rounding(training_images / model_config.batch_size))
     if model_config.max_steps_per_epoch > 0:
         steps = min(steps, model_config.max_steps_per_epoch)
     return steps
