@@ -189,3 +189,18 @@ def test_device_training_runs_on_the_jax_backend_without_tensorflow(tmp_path):
     model, _ = model_io.load_trained_model(run_dir / "best.keras")
     probabilities = model.predict(np.full((2, 32, 32, 1), 100.0, dtype="float32"), verbose=0)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_augmentation_benchmark_quick_times_every_place():
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    finished = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / "training.py"), "--augmentation",
+                               "--quick", "--output", "test_augmentation_quick"],
+                              cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    report_path = PROJECT_ROOT / "reports" / "bench" / "test_augmentation_quick.json"
+    report = json.loads(report_path.read_text())
+    report_path.unlink()
+    assert report["quick"] is True
+    assert {row["augmentation"] for row in report["results"]} == {"none", "host", "device", "tf_data"}
+    assert all(row["images_per_second"] > 0 for row in report["results"])
