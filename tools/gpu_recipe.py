@@ -7,7 +7,7 @@ at into --output: the best model, its model_info.json, training_summary.json, me
 history.png, and the evaluation's evaluation.json and confusion_matrix.png.
 
     KERAS_BACKEND=jax python tools/gpu_recipe.py --source ../shared/datasets/fer2013 --output reports/gpu_recipe
-    python tools/gpu_recipe.py --quick --output /tmp/gpu_recipe_quick   (any machine, about a minute)
+    python tools/gpu_recipe.py --quick --output /tmp/gpu_recipe_quick   (any machine, about 2 minutes on 2 cores)
 
 --quick runs the same recipe on the shipped sample (sample/fer2013_sample.tar.gz) for one epoch
 of 2 steps of 32 faces: it checks on a CPU that every stage of the recipe works. Further

@@ -254,7 +254,7 @@ class ModelConfig:
     max_steps_per_epoch: int = 0
     # "tf_data" (parallel tf.data pipeline), "memory" (every image decoded once and cached as
     # uint8 arrays, augmented on the host with OpenCV; any Keras backend; the fastest
-    # when the dataset fits in memory) or "arrays" (decoded on the host every epoch, plain
+    # when the dataset fits in memory), "arrays" (decoded on the host every epoch, plain
     # JPEGs by OpenCV and other files by Pillow; any backend) or "device" (the cached uint8
     # arrays held on the accelerator and augmented by the model in its compiled training step;
     # any backend; keeps a GPU busy).
