@@ -30,7 +30,13 @@ No augmentation in any of them, so that every input trains the same model.
 ``--resize-in-model``: the models are built with ``resize_in_model = true`` and every input
 hands FER2013's faces over at their own 48x48 (the enlargement runs in the model, on the device).
 
-Writes reports/bench/training.json.
+``--augmentation``: where the recipe's augmentation runs (config/fer2013_gpu.toml's [generator]),
+on FER2013's 48-pixel faces held in memory as uint8, for ``fer_vgg`` (build_vgg's defaults):
+``none`` (no augmentation), ``host`` (FaceAugmentation, OpenCV in a worker thread per core),
+``tf_data`` (BatchAugmentation in a tf.data map; TensorFlow backend only) and ``device``
+(DeviceAugmentation inside the model's training step, batches gathered by DeviceBatches).
+
+Writes reports/bench/training.json (``--output`` names another).
 """
 
 from __future__ import annotations
@@ -129,6 +135,57 @@ class RepeatedBatch(keras.utils.PyDataset):
         return self.images, self.labels
 
 
+# The augmentation of config/fer2013_gpu.toml.
+RECIPE_AUGMENTATION = {"rotation_degrees": 10.0, "zoom": 0.2, "translation": 0.1, "contrast": 0.2,
+                       "random_erasing": 0.5}
+
+
+def augmentation_speeds(arguments) -> None:
+    """Training images per second with the augmentation on the host, in tf.data and in the model."""
+    from emotion_classifier import augmentation, in_memory
+    from emotion_classifier.device_augmentation import DeviceAugmentation
+    from emotion_classifier.models import build_vgg
+
+    batch_size, steps, count = (16, 3, 64) if arguments.quick else (64, 12, 2048)
+    root, frame = common.fer_images(count)
+    faces, labels = host_batches.load_arrays(frame, root, 48, 1, 0.0, dtype="uint8")
+    labels = labels % CLASSES
+    generator_config = GeneratorConfig(**RECIPE_AUGMENTATION)
+    places = ["none", "host", "device"] + (["tf_data"] if keras.backend.backend() == "tensorflow" else [])
+    rows = []
+    for place in places:
+        layer = DeviceAugmentation.from_config_section(generator_config) if place == "device" else None
+        keras.utils.set_random_seed(0)
+        model = build_vgg((48, 48, 1), CLASSES, training_augmentation=layer)
+        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True),
+                      loss=WeightedCrossEntropy([1.0] * CLASSES), metrics=["accuracy"])
+        if place == "device":
+            data = in_memory.DeviceBatches(faces, labels, batch_size)
+        elif place == "tf_data":
+            import tensorflow as tf
+
+            batch_augmentation = augmentation.BatchAugmentation(generator_config)
+            data = (tf.data.Dataset.from_tensor_slices((faces, labels)).repeat().shuffle(1024).batch(batch_size)
+                    .map(lambda images, targets: (batch_augmentation(tf.cast(images, tf.float32)), targets),
+                         num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
+        else:
+            host = augmentation.FaceAugmentation(generator_config) if place == "host" else None
+            data = in_memory.ArrayBatches(faces, labels, batch_size, training=True, augmentation=host,
+                                          workers=os.cpu_count() or 1)
+        timer = StepTimer(2)
+        model.fit(data, epochs=1, steps_per_epoch=None if isinstance(data, keras.utils.PyDataset) else steps + 2,
+                  verbose=0, callbacks=[timer.callback])
+        timed_steps = min(steps, len(data) - 2) if isinstance(data, keras.utils.PyDataset) else steps
+        row = {"augmentation": place, "backend": keras.backend.backend(), "batch_size": batch_size,
+               "images_per_second": round(timed_steps * batch_size / (timer.finished - timer.started), 1)}
+        rows.append(row)
+        print(row, flush=True)
+    common.print_table("fer_vgg training images per second by where the augmentation runs", rows,
+                       ["augmentation", "backend", "batch_size", "images_per_second"])
+    common.write_report(arguments.output, {"quick": arguments.quick, "timed_steps": steps,
+                                           "machine": common.machine_description(), "results": rows})
+
+
 def backend_neutral_main(arguments) -> None:
     """The figures without TensorFlow: memory- and file-fed PyDatasets against one repeated batch."""
     from emotion_classifier import in_memory
@@ -210,7 +267,12 @@ def main() -> None:
                         help="training steps per call of the compiled step (Keras' steps_per_execution)")
     parser.add_argument("--only", nargs="*", default=None,
                         help="configurations to run (seed_original_size, seed_default_size, resnet50)")
+    parser.add_argument("--augmentation", action="store_true",
+                        help="fer_vgg's speed with the augmentation on the host, in tf.data and in the model")
     arguments = parser.parse_args()
+    if arguments.augmentation:
+        augmentation_speeds(arguments)
+        return
     global STEPS_PER_EXECUTION
     STEPS_PER_EXECUTION = max(1, arguments.steps_per_execution)
     if keras.backend.backend() != "tensorflow":

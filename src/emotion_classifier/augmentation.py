@@ -9,7 +9,9 @@ of up to ``rotation_degrees``, zoom by a factor in ``1 +- zoom`` and translation
 ``1 +- contrast`` around each image's mean; and, with probability ``random_erasing``, a
 rectangle of 2-33% of the area erased (Zhong et al. 2020). Values stay in [0, 255].
 Mixup (``mixup_alpha``) blends images and labels of a batch; it needs labels as class
-probabilities, which only the host batches make.
+probabilities, which only the host batches make. A third implementation of the same meaning,
+``device_augmentation.DeviceAugmentation`` (keras.ops, a model layer), augments inside the
+compiled training step for ``input_mode = "device"``.
 """
 
 from __future__ import annotations

@@ -198,10 +198,11 @@ class TrainingConfig:
     decision_recall_floor: float = setting(0.5, "(0, 1)")
     # Steps per epoch cap (0: the whole training split); for smoke runs and benchmarks.
     max_steps_per_epoch: int = setting(0, "[0, inf)")
-    # "tf_data" (parallel tf.data pipeline), "memory" (every image decoded once and cached as uint8
-    # arrays, augmented on the host with OpenCV; any Keras backend; the fastest when the dataset
-    # fits in memory) or "arrays" (decoded on the host every epoch; any backend).
-    input_mode: str = setting("tf_data", {"tf_data", "memory", "arrays"})
+    # "tf_data" (parallel tf.data pipeline), "memory" (decoded once, cached as uint8 arrays,
+    # augmented on the host with OpenCV), "arrays" (decoded on the host every epoch) or "device"
+    # (the cached arrays held on the accelerator and augmented by the model in its training step,
+    # which keeps a GPU busy); all but "tf_data" run on any Keras backend.
+    input_mode: str = setting("tf_data", {"tf_data", "memory", "arrays", "device"})
     # Devices: "auto" (MultiWorkerMirroredStrategy when TF_CONFIG is set, MirroredStrategy with
     # several GPUs, else none), "none", "mirrored" (all GPUs of this machine) or "multi_worker";
     # the last two need input_mode = "tf_data".

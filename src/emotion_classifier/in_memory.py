@@ -14,6 +14,9 @@ the uint8 pixels takes the decoder out of the training loop entirely:
   threads, a few microseconds per 48x48 face. Keras' own augmentation layers are not used here:
   on the JAX backend their affine transforms (``map_coordinates``) made a GPU epoch of FER2013
   take minutes instead of seconds.
+- with ``input_mode = "device"`` the training arrays are copied to the accelerator once
+  (``DeviceBatches``) and the model augments its batches there, in its compiled training step
+  (``device_augmentation.DeviceAugmentation``).
 
 Nothing here calls TensorFlow, so the same run works with ``KERAS_BACKEND=jax`` or ``torch``.
 """
@@ -25,6 +28,7 @@ import json
 import logging
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 
@@ -138,3 +142,41 @@ class ArrayBatches(ShuffledBatches):
                              0.0, 255.0)
             targets = weight[:, None] * targets + (1 - weight[:, None]) * targets[partner]
         return images, targets
+
+
+class DeviceBatches(ShuffledBatches):
+    """Training batches gathered on the accelerator from uint8 images held there (``input_mode = "device"``).
+
+    The images and labels are copied to the backend's default device once; each batch is a
+    gather of ``batch_size`` rows there (only the indices travel), cast to float32 and left
+    unaugmented: the model's ``DeviceAugmentation`` layer augments it in the training step.
+    Every batch holds exactly ``batch_size`` images, so the compiled step keeps one shape:
+    an epoch is ``size // batch_size`` batches of a fresh permutation (the remainder waits for
+    a later epoch), and a split smaller than one batch repeats images to fill it. ``max_batches``
+    (> 0) caps the batches per epoch.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int = 0,
+                 max_batches: int = 0):
+        if len(images) == 0 or len(images) != len(labels):
+            raise ValueError(f"DeviceBatches needs as many labels as images (at least one), got "
+                             f"{len(images)} and {len(labels)}")
+        super().__init__(len(images), batch_size, training=True, seed=seed, max_batches=max_batches, workers=1)
+        self.images = keras.ops.convert_to_tensor(np.ascontiguousarray(images, dtype="uint8"))
+        self.labels = keras.ops.convert_to_tensor(np.asarray(labels, dtype="int32"))
+
+    @property
+    def num_batches(self) -> int:
+        full = max(1, self.size // self.batch_size)
+        return min(full, self.max_batches) if self.max_batches > 0 else full
+
+    def _new_order(self) -> np.ndarray:
+        random = np.random.default_rng([self.seed, self.epoch])
+        needed = self.num_batches * self.batch_size
+        permutations = [random.permutation(self.size) for _ in range(-(-needed // self.size))]
+        return np.concatenate(permutations)[:needed]
+
+    def __getitem__(self, batch_index: int):
+        indices = keras.ops.convert_to_tensor(self.batch_rows(batch_index).astype("int32"))
+        images = keras.ops.cast(keras.ops.take(self.images, indices, axis=0), "float32")
+        return images, keras.ops.take(self.labels, indices, axis=0)

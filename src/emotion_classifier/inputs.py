@@ -2,7 +2,8 @@
 
 ``make_inputs`` is the one place that turns split rows into what ``model.fit`` reads: a tf.data
 pipeline (``tf_dataset``, or TFRecord shards), arrays decoded once and held in memory
-(``in_memory``), or batches decoded on the host every epoch (``host_batches``). Training and the
+(``in_memory``; with ``input_mode = "device"`` the training arrays held on the accelerator, which
+the model augments itself), or batches decoded on the host every epoch (``host_batches``). Training and the
 generator preview (``custom_generator.py``) both call it, so the preview shows what the model sees.
 """
 
@@ -72,6 +73,8 @@ def make_inputs(config, model_config, training_rows: pd.DataFrame, validation_ro
                  for name, rows in (("train", training_rows), ("valid", validation_rows))}
     if model_config.input_mode == "memory":
         return _memory_inputs(config, model_config, training_rows, validation_rows, num_classes, steps, host_size)
+    if model_config.input_mode == "device":
+        return _device_inputs(config, model_config, training_rows, validation_rows, host_size)
     return _host_inputs(config, model_config, training_rows, validation_rows, steps, host_size)
 
 
@@ -100,10 +103,10 @@ def _tf_data_inputs(config, model_config, training_rows, validation_rows, steps:
                   distribute.shard_for_workers(validation, strategy), steps, skipped)
 
 
-def _memory_inputs(config, model_config, training_rows, validation_rows, num_classes: int, steps: int,
-                   host_size: dict[str, int]) -> Inputs:
-    """``host_size``: per split, the side the faces are decoded at (smaller than image_size when the
-    model enlarges them itself)."""
+def _split_arrays(config, model_config, training_rows, validation_rows, host_size: dict[str, int]) -> tuple[dict, int]:
+    """Both splits as cached uint8 arrays, ``{"train": (images, labels), "valid": ...}``, and the files
+    left out; ``host_size``: per split, the side the faces are decoded at (smaller than image_size
+    when the model enlarges them itself)."""
     arrays = {}
     left_out = 0
     for split_name, rows in (("train", training_rows), ("valid", validation_rows)):
@@ -114,6 +117,12 @@ def _memory_inputs(config, model_config, training_rows, validation_rows, num_cla
         )
         arrays[split_name] = (images, labels)
         left_out += skipped
+    return arrays, left_out
+
+
+def _memory_inputs(config, model_config, training_rows, validation_rows, num_classes: int, steps: int,
+                   host_size: dict[str, int]) -> Inputs:
+    arrays, left_out = _split_arrays(config, model_config, training_rows, validation_rows, host_size)
     # With mixup, labels are class probabilities in training and (for one accuracy metric) validation.
     one_hot = one_hot_classes(config.generator, num_classes)
     training = in_memory.ArrayBatches(
@@ -125,6 +134,16 @@ def _memory_inputs(config, model_config, training_rows, validation_rows, num_cla
                                         num_classes=one_hot)
     # Decoded once, when the arrays were cached: load_arrays logged the names then.
     return Inputs(training, validation, steps, SkippedImages(lambda: left_out))
+
+
+def _device_inputs(config, model_config, training_rows, validation_rows, host_size: dict[str, int]) -> Inputs:
+    """Training images on the accelerator, augmented by the model's DeviceAugmentation layer
+    (training builds it in); validation batches from host memory, unaugmented."""
+    arrays, left_out = _split_arrays(config, model_config, training_rows, validation_rows, host_size)
+    training = in_memory.DeviceBatches(*arrays["train"], model_config.batch_size, seed=model_config.seed,
+                                       max_batches=model_config.max_steps_per_epoch)
+    validation = in_memory.ArrayBatches(*arrays["valid"], model_config.batch_size, training=False)
+    return Inputs(training, validation, len(training), SkippedImages(lambda: left_out))
 
 
 def _host_inputs(config, model_config, training_rows, validation_rows, steps: int,

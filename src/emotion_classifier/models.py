@@ -17,6 +17,7 @@ from typing import Sequence
 
 import keras
 
+from emotion_classifier.device_augmentation import DeviceAugmentation
 from emotion_classifier.errors import PipelineError
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ class ResizeImages(keras.layers.Layer):
         return {**super().get_config(), "height": self.height, "width": self.width}
 
 
-def model_inputs(input_shape: Sequence[int], resize_in_model: bool = False):
+def model_inputs(input_shape: Sequence[int], resize_in_model: bool = False,
+                 training_augmentation: DeviceAugmentation | None = None):
     """The ``keras.Input`` of a model and the tensor its layers start from.
 
     With ``resize_in_model`` the input takes images of any height and width, and a bilinear
@@ -87,15 +89,20 @@ def model_inputs(input_shape: Sequence[int], resize_in_model: bool = False):
     prediction, which resize on the host, give the same results either way. Enlarging without
     antialiasing computes what the pipeline's own resizing does; inputs larger than the model's
     should be resized on the host (the pipeline never hands them over unresized).
+
+    ``training_augmentation`` (``input_mode = "device"``) augments the images right after the
+    input, in training only; at inference it passes them through.
     """
     height, width, channels = (int(size) for size in input_shape)
     if not resize_in_model:
         inputs = keras.Input(shape=(height, width, channels), name="image")
-        return inputs, inputs
+        augmented = inputs if training_augmentation is None else training_augmentation(inputs)
+        return inputs, augmented
     inputs = keras.Input(shape=(None, None, channels), name="image")
+    augmented = inputs if training_augmentation is None else training_augmentation(inputs)
     # float32 under mixed precision too: the enlarged pixels are those the host would compute,
     # and the next layer casts them as it casts host-resized inputs.
-    resized = ResizeImages(height, width, dtype="float32", name=RESIZE_LAYER_NAME)(inputs)
+    resized = ResizeImages(height, width, dtype="float32", name=RESIZE_LAYER_NAME)(augmented)
     return inputs, resized
 
 
@@ -120,6 +127,7 @@ def build_model_4(
     conv_dropout: float = 0.3,
     dense_dropout: float = 0.25,
     resize_in_model: bool = False,
+    training_augmentation: DeviceAugmentation | None = None,
 ) -> keras.Model:
     """The original project's VGG-type CNN; the default arguments reproduce it exactly.
 
@@ -131,7 +139,7 @@ def build_model_4(
     """
     _check_cnn_arguments(input_shape, num_classes, conv_filters, dense_units, conv_dropout, dense_dropout)
 
-    inputs, x = model_inputs(input_shape, resize_in_model)
+    inputs, x = model_inputs(input_shape, resize_in_model, training_augmentation)
     x = keras.layers.Rescaling(1.0 / 255.0, name="rescale_to_unit")(x)
     for block, filters in enumerate(conv_filters, start=1):
         x = keras.layers.Conv2D(int(filters), 3, padding="same", name=f"conv_{block}")(x)
@@ -161,6 +169,7 @@ def build_vgg(
     conv_dropout: float = 0.1,
     dense_dropout: float = 0.4,
     resize_in_model: bool = False,
+    training_augmentation: DeviceAugmentation | None = None,
 ) -> keras.Model:
     """A VGG-style network for face crops at FER's resolution (the ``fer_vgg`` preset).
 
@@ -173,7 +182,7 @@ def build_vgg(
     if convs_per_block < 1:
         raise ValueError(f"convs_per_block must be at least 1, got {convs_per_block}")
 
-    inputs, x = model_inputs(input_shape, resize_in_model)
+    inputs, x = model_inputs(input_shape, resize_in_model, training_augmentation)
     x = keras.layers.Rescaling(1.0 / 255.0, name="rescale_to_unit")(x)
     for block, filters in enumerate(conv_filters, start=1):
         for index in range(1, convs_per_block + 1):
@@ -200,6 +209,7 @@ def build_model_6(
     weights: str = "imagenet",
     frozen_fraction: float = 0.8,
     resize_in_model: bool = False,
+    training_augmentation: DeviceAugmentation | None = None,
 ) -> keras.Model:
     """ResNet50 backbone, global average pooling and a softmax head, for transfer learning.
 
@@ -222,7 +232,7 @@ def build_model_6(
     for layer in backbone.layers[:frozen_count]:
         layer.trainable = False
 
-    inputs, x = model_inputs((height, width, channels), resize_in_model)
+    inputs, x = model_inputs((height, width, channels), resize_in_model, training_augmentation)
     if channels == 1:
         x = keras.layers.Concatenate(axis=-1, name="gray_to_rgb")([x, x, x])
     x = CaffePreprocessing(name="imagenet_caffe_preprocessing")(x)
@@ -232,9 +242,11 @@ def build_model_6(
     return keras.Model(inputs, outputs, name="model_6")
 
 
-def build_model(section_name: str, model_config, num_classes: int, resize_in_model: bool = False) -> keras.Model:
+def build_model(section_name: str, model_config, num_classes: int, resize_in_model: bool = False,
+                training_augmentation: DeviceAugmentation | None = None) -> keras.Model:
     """Build the model of a configuration section ("model_4" or "model_6"); ``resize_in_model``
-    (see model_inputs) as inputs.resolve_resize_in_model decides it for the training images."""
+    (see model_inputs) as inputs.resolve_resize_in_model decides it for the training images, and
+    ``training_augmentation`` after its input when given (input_mode = "device")."""
     input_shape = (model_config.image_size, model_config.image_size, model_config.channels)
     if section_name == "model_4" and model_config.architecture == "vgg":
         return build_vgg(
@@ -246,6 +258,7 @@ def build_model(section_name: str, model_config, num_classes: int, resize_in_mod
             conv_dropout=model_config.conv_dropout,
             dense_dropout=model_config.dense_dropout,
             resize_in_model=resize_in_model,
+            training_augmentation=training_augmentation,
         )
     if section_name == "model_4":
         if not model_config.conv_filters:
@@ -260,6 +273,7 @@ def build_model(section_name: str, model_config, num_classes: int, resize_in_mod
             conv_dropout=model_config.conv_dropout,
             dense_dropout=model_config.dense_dropout,
             resize_in_model=resize_in_model,
+            training_augmentation=training_augmentation,
         )
     if section_name == "model_6":
         return build_model_6(
@@ -268,6 +282,7 @@ def build_model(section_name: str, model_config, num_classes: int, resize_in_mod
             weights=model_config.weights or "imagenet",
             frozen_fraction=model_config.frozen_fraction,
             resize_in_model=resize_in_model,
+            training_augmentation=training_augmentation,
         )
     raise ValueError(f"unknown model section {section_name!r}; expected model_4 or model_6")
 

@@ -10,7 +10,7 @@ same configuration does nothing; ``force`` starts over. A run folder that holds 
 different configuration is never overwritten silently.
 
 Training code uses Keras only (no TensorFlow calls) except in ``input_mode = "tf_data"``, so with
-``input_mode = "memory"`` or ``"arrays"`` it runs on any Keras backend.
+``input_mode = "memory"``, ``"device"`` or ``"arrays"`` it runs on any Keras backend.
 
 Several devices (``strategy``, see ``distribute.py``): the model is built and compiled inside
 the strategy's scope; every worker trains, only the chief writes the run folder (which must be
@@ -32,7 +32,13 @@ from emotion_classifier.callbacks import ResumableEarlyStopping, RunCheckpoint, 
 from emotion_classifier.errors import PipelineError
 from emotion_classifier.inputs import make_inputs, resolve_resize_in_model
 from emotion_classifier.losses import WeightedCrossEntropy, class_balanced_weights
+from emotion_classifier.device_augmentation import DeviceAugmentation
 from emotion_classifier.models import build_model
+
+# With input_mode = "device" the batches are already on the accelerator: several training steps
+# per call of the compiled step save the host's per-step work (dispatch, callbacks), which
+# counts for small models on 48-pixel faces; the progress bar then moves that many at a time.
+DEVICE_STEPS_PER_EXECUTION = 8
 
 
 def train(config, section_name: str, force: bool = False) -> Path:
@@ -135,11 +141,16 @@ def _resumed_or_new_model(config, section_name: str, run_dir: Path, state: dict 
             runs.truncate_metrics(run_dir / runs.METRICS_NAME, int(state["epochs_completed"]))
         print(f"resuming {run_dir} after epoch {state['epochs_completed']} of {model_config.epochs}")
         return model
-    model = build_model(section_name, model_config, len(classes), resize_in_model)
+    # input_mode = "device": the model augments its training batches itself, in its training step.
+    augmentation = (DeviceAugmentation.from_config_section(config.generator, seed=model_config.seed)
+                    if model_config.input_mode == "device" else None)
+    model = build_model(section_name, model_config, len(classes), resize_in_model,
+                        training_augmentation=augmentation)
     model.compile(
         optimizer=make_optimizer(model_config, _steps_per_epoch(training_images, model_config)),
         loss=WeightedCrossEntropy(class_weights, label_smoothing=model_config.label_smoothing),
         metrics=["accuracy"],
+        steps_per_execution=DEVICE_STEPS_PER_EXECUTION if model_config.input_mode == "device" else 1,
     )
     if model_config.start_from_run:
         start_from_finished_run(model, config, section_name, classes)
@@ -205,7 +216,9 @@ def _work_around_multi_worker_fit(model: keras.Model, strategy, model_config) ->
 
 
 def _steps_per_epoch(training_images: int, model_config) -> int:
-    steps = max(1, math.ceil(training_images / model_config.batch_size))
+    # input_mode = "device" keeps every batch full (in_memory.DeviceBatches).
+    rounding = math.floor if model_config.input_mode == "device" else math.ceil
+    steps = max(1, rounding(training_images / model_config.batch_size))
     if model_config.max_steps_per_epoch > 0:
         steps = min(steps, model_config.max_steps_per_epoch)
     return steps
