@@ -91,6 +91,7 @@ def assert_trained_and_saved_once(tmp_path: Path) -> None:
     assert sorted(path.name for path in saved_models) == ["best.keras", "epoch_0004.keras"]
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data  # too few sample images for the loss to fall reliably
 def test_mirrored_strategy_trains_on_two_logical_cpus(tmp_path):
     config_path = distributed_config(tmp_path, "mirrored")
@@ -112,6 +113,7 @@ def free_port() -> int:
 # Keras 3's fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585); training works
 # around it (training._work_around_multi_worker_fit), and this test fails if a Keras release
 # changes what the work-around relies on.
+@pytest.mark.slow
 @pytest.mark.shared_data  # too few sample images for the loss to fall reliably
 def test_multi_worker_strategy_trains_with_two_local_workers(tmp_path):
     config_path = distributed_config(tmp_path, "auto")

@@ -99,6 +99,7 @@ def test_the_setting_trains_travels_with_the_model_and_is_refused_for_colour(tmp
         validate(config)
 
 
+@pytest.mark.slow
 def test_contrast_check_tool_reports_raw_and_equalised_scores(tmp_path):
     import os
     import subprocess

@@ -172,6 +172,7 @@ JAX_CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # tests/test_device_augmentation.py trains on JAX without TensorFlow by default
 def test_memory_training_runs_on_the_jax_backend_without_tensorflow(tmp_path):
     pytest.importorskip("jax")
     # As on a GPU machine without TensorFlow: a package of that name that refuses to import.

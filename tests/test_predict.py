@@ -295,6 +295,7 @@ def test_faces_are_classified_as_the_mean_over_the_models_calibrated_views():
         predict.check_settings(PredictConfig(test_time_augmentation="crops"))
 
 
+@pytest.mark.slow
 def test_margin_check_tool_scores_each_margin_on_detected_faces(tmp_path):
     import os
 

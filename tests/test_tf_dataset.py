@@ -432,10 +432,14 @@ def test_read_split_requires_the_split_stage_outputs(tmp_path):
     assert set(frame["split"]) == {"train", "valid", "test"}
 
 
-def test_generator_stage_writes_preview_and_skips_when_up_to_date(tmp_path, capsys):
+@pytest.mark.parametrize("input_mode", ["tf_data", "device"])
+def test_generator_stage_writes_preview_and_skips_when_up_to_date(tmp_path, capsys, input_mode):
+    """The preview is built by training's own inputs, augmentation included (for "device" the
+    model's augmentation layer)."""
     config = write_split_fixture(tmp_path, per_class=6)
     config.model_4.image_size = 32
     config.model_4.batch_size = 4
+    config.model_4.input_mode = input_mode
     assert generator.run(config) == 0
     figure = Path(config.paths.reports) / "figures" / "augmented_batch.png"
     assert figure.is_file() and Image.open(figure).size[0] > 100
@@ -443,6 +447,7 @@ def test_generator_stage_writes_preview_and_skips_when_up_to_date(tmp_path, caps
     assert "images/s" in printed
     summary = json.loads(printed.splitlines()[0])
     assert summary["images_per_second"] > 0 and summary["value_range"][1] <= 255.0
+    assert summary["input_mode"] == input_mode
     assert generator.run(config) == 0
     assert "up to date" in capsys.readouterr().out
 

@@ -108,6 +108,7 @@ CHILD_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_run_killed_mid_epoch_resumes_and_logs_each_epoch_once(tmp_path):
     config = tiny_config(tmp_path, input_mode="arrays", epochs=3)
     config_path = tmp_path / "tiny.toml"
