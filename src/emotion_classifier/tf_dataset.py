@@ -292,24 +292,24 @@ class _FaceReader:
         return image
 
     @staticmethod
-    def resized(images, height, width, antialias):
-        """Float images (one or a batch) resized with bilinear filtering, within [0, 255]."""
+    def resized(images, height, width, shrinking):
+        """Float images (one or a batch) resized as images.load_image resizes them: averaging areas
+        when ``shrinking`` (antialiased), bilinear interpolation when enlarging; within [0, 255]."""
         import tensorflow as tf
 
-        images = tf.image.resize(images, [height, width], method="bilinear", antialias=antialias)
-        # Plain bilinear values are convex combinations of pixels and stay within [0, 255];
-        # the antialiasing filter's normalised weights can overshoot by a rounding error.
-        return tf.clip_by_value(images, 0.0, 255.0) if antialias else images
+        if not shrinking:
+            return tf.image.resize(images, [height, width], method="bilinear")
+        # Area sums can overshoot 255 by a rounding error.
+        return tf.clip_by_value(tf.image.resize(images, [height, width], method="area"), 0.0, 255.0)
 
     def resized_one(self, image, height, width):
-        """One image resized: antialiased bilinear (Pillow's BILINEAR, as load_image) when shrinking,
-        plain bilinear (the same values, three times faster) when enlarging."""
+        """One image resized: shrunk (on either side) by area averaging, else enlarged bilinearly."""
         import tensorflow as tf
 
         shape = tf.shape(image)
         return tf.cond(tf.logical_or(shape[0] > height, shape[1] > width),
-                       lambda: self.resized(image, height, width, antialias=True),
-                       lambda: self.resized(image, height, width, antialias=False))
+                       lambda: self.resized(image, height, width, shrinking=True),
+                       lambda: self.resized(image, height, width, shrinking=False))
 
     def to_float_gray(self, images):
         import tensorflow as tf
@@ -350,7 +350,7 @@ class _FaceReader:
         images = self.to_float_gray(images)
         if self.common_shape != self.output_shape:
             shrinking = self.common_shape[0] > self.image_size or self.common_shape[1] > self.image_size
-            images = self.resized(images, self.image_size, self.image_size, antialias=shrinking)
+            images = self.resized(images, self.image_size, self.image_size, shrinking=shrinking)
         if self.equalize_histogram:
             images = equalization.equalize_histogram_tf(images)
         return images, batch_labels
