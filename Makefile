@@ -78,11 +78,15 @@ predict: venv ## Find and classify every face in INPUT (default images/) with th
 export: venv ## Export MODEL (default: the shipped model) as SavedModel and TFLite (float32, float16, int8).
 	$(VENV_PYTHON) -m emotion_classifier.export $(if $(MODEL),--model $(MODEL)) $(ARGS)
 
-bench: venv ## Run the benchmarks (input pipeline, training, label scale, predict speed, CPU settings); JSON in reports/bench/.
+bench: venv ## Run the benchmarks (input pipeline, training, label scale, predict speed and memory, detectors, alignment, video, CPU settings); JSON in reports/bench/.
 	$(VENV_PYTHON) bench/input_pipeline.py
 	$(VENV_PYTHON) bench/training.py
 	$(VENV_PYTHON) bench/scale.py
 	$(VENV_PYTHON) bench/predict_speed.py
+	$(VENV_PYTHON) bench/predict_memory.py
+	$(VENV_PYTHON) bench/face_detectors.py
+	$(VENV_PYTHON) bench/face_alignment.py
+	$(VENV_PYTHON) bench/video_speed.py
 	$(VENV_PYTHON) bench/mixed_precision.py
 	$(VENV_PYTHON) bench/onednn.py
 
