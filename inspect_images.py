@@ -11,4 +11,4 @@ The work is done by emotion_classifier.inspect_images.run.
 from emotion_classifier import cli, inspect_images
 
 if __name__ == "__main__":
-    raise SystemExit(cli.main(inspect_images.run, __doc__, section="inspect"))
+    raise SystemExit(cli.main(inspect_images.run, __doc__, section=None))

@@ -91,3 +91,13 @@ def test_inspect_never_opens_paths_outside_the_images_root_or_pipes(tmp_path, mo
     worker.join(timeout=60)
     assert not worker.is_alive(), "inspect_images opened the named pipe"
     assert results == [0] and opened == []
+
+
+def test_the_stage_has_no_section_of_its_own_so_overrides_name_theirs(capsys):
+    from pathlib import Path
+
+    from emotion_classifier import cli
+
+    sample = Path(__file__).resolve().parents[1] / "config" / "sample.toml"
+    assert cli.main(inspect_images.run, "inspect", None, ["--config", str(sample), "samples=3"]) == 2
+    assert "needs a section: write SECTION.KEY=VALUE" in capsys.readouterr().err

@@ -18,14 +18,17 @@ from emotion_classifier.errors import PipelineError
 DEFAULT_CONFIG = Path("config") / "default.toml"
 
 
-def build_parser(description: str, section: str) -> argparse.ArgumentParser:
+def build_parser(description: str, section: str | None) -> argparse.ArgumentParser:
+    """The stage's command line; ``section`` is the one a bare KEY=VALUE sets (None: a stage with no
+    settings of its own, whose overrides always name their section)."""
+    own = f"KEY=VALUE sets [{section}] KEY, " if section else ""
     parser = argparse.ArgumentParser(
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
-            f"Overrides: KEY=VALUE sets [{section}] KEY, SECTION.KEY=VALUE any other section; VALUE is "
-            "read as TOML (2, 0.5, true, \"text\", [1, 2]) or else taken as text.\n"
-            f"Example: --config config/sample.toml {section}.<key>=<value>"
+            f"Overrides: {own}SECTION.KEY=VALUE any section; VALUE is read as TOML (2, 0.5, true, "
+            "\"text\", [1, 2]) or else taken as text.\n"
+            f"Example: --config config/sample.toml {section or 'paths'}.<key>=<value>"
         ),
     )
     parser.add_argument(
@@ -62,7 +65,7 @@ def command_config_path(arguments: argparse.Namespace) -> Path | str | None:
 def main(
     run: Callable[[Config, bool], int | None],
     description: str,
-    section: str,
+    section: str | None,
     argv: list[str] | None = None,
 ) -> int:
     """Parse the command line, load the configuration and run one stage; return the exit status."""
@@ -75,7 +78,7 @@ def run_configured(
     run: Callable[[Config, bool], int | None],
     config_path: str | Path | None,
     overrides: list[str],
-    section: str,
+    section: str | None,
     force: bool,
     adjust: Callable[[Config], None] | None = None,
 ) -> int:
