@@ -15,34 +15,12 @@ import numpy as np
 import pandas as pd
 
 from affectnet_fixture import build_affectnet_archives, build_affectnet_npy_release
-from emotion_classifier import (
-    acquire,
-    cli,
-    consolidate,
-    demo,
-    evaluation,
-    generator,
-    inspect_images,
-    labels,
-    splits,
-    training,
-)
+from emotion_classifier import cli, demo
+from emotion_classifier.stages import DATA_STAGES, STAGES
 from emotion_classifier.manifest import read_manifest
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
-STAGES = [
-    ("get_data.py", acquire.run, "get_data"),
-    ("consolidate_data.py", consolidate.run, "consolidate"),
-    ("get_filenames_and_labels.py", labels.run, "labels"),
-    ("inspect_images.py", inspect_images.run, "inspect"),
-    ("train_valid_test_clean.py", splits.run, "split"),
-    ("custom_generator.py", generator.run, "generator"),
-    ("model_4.py", training.run_model_4, "model_4"),
-    ("model_evaluation_4.py", evaluation.run_model_evaluation_4, "model_evaluation_4"),
-    ("model_6.py", training.run_model_6, "model_6"),
-    ("model_evaluation_6.py", evaluation.run_model_evaluation_6, "model_evaluation_6"),
-]
 
 
 def tmp_paths(tmp_path: Path) -> list[str]:
@@ -128,7 +106,7 @@ def test_sample_chain_runs_and_reruns_as_no_ops(tmp_path, monkeypatch):
 
     # Unchanged inputs: the data stages do nothing the second time (files keep their mtime).
     manifest_mtime = (processed / "manifest.csv").stat().st_mtime_ns
-    for script, function, section in STAGES[:5]:
+    for script, function, section in DATA_STAGES:
         assert cli.main(function, script, section, ["--config", "config/sample.toml", *overrides]) == 0
     assert (processed / "manifest.csv").stat().st_mtime_ns == manifest_mtime
 
@@ -176,7 +154,7 @@ def test_later_affectnet_npy_release_runs_through_the_data_stages(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     build_affectnet_npy_release(tmp_path / "downloads" / "affectnet")
     overrides = tmp_paths(tmp_path) + ["labels.layout=\"affectnet_npy\"", "split.valid_per_class=3"]
-    for script, function, section in STAGES[:5]:
+    for script, function, section in DATA_STAGES:
         status = cli.main(function, script, section, ["--config", str(REPOSITORY / "config" / "affectnet.toml"),
                                                       *overrides])
         assert status == 0, f"{script} exited with {status}"

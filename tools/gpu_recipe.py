@@ -25,20 +25,14 @@ from pathlib import Path
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY / "src"))
 
-from emotion_classifier import acquire, cli, consolidate, evaluation, inspect_images, labels, splits, training  # noqa: E402
+from emotion_classifier import cli, stages  # noqa: E402
 from emotion_classifier.config import load_config  # noqa: E402
 
 CONFIG_PATH = REPOSITORY / "config" / "fer2013_gpu.toml"
 SAMPLE_SOURCE = REPOSITORY / "sample" / "fer2013_sample.tar.gz"
-STAGES = [
-    ("get_data.py", acquire.run, "get_data"),
-    ("consolidate_data.py", consolidate.run, "consolidate"),
-    ("get_filenames_and_labels.py", labels.run, "labels"),
-    ("inspect_images.py", inspect_images.run, "inspect"),
-    ("train_valid_test_clean.py", splits.run, "split"),
-    ("model_4.py", training.run_model_4, "model_4"),
-    ("model_evaluation_4.py", evaluation.run_model_evaluation_4, "model_evaluation_4"),
-]
+# make run's stages but the generator preview and model_6's.
+STAGES = [stage for stage in stages.STAGES
+          if stage[0] not in ("custom_generator.py", "model_6.py", "model_evaluation_6.py")]
 # The sample holds 50 training faces per class: 8 of them validate, as config/sample.toml keeps.
 QUICK_OVERRIDES = ["split.valid_per_class=8", "model_4.epochs=1", "model_4.max_steps_per_epoch=2",
                    "model_4.batch_size=32", "model_4.warmup_epochs=0"]
