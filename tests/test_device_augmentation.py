@@ -19,6 +19,7 @@ import pytest
 from emotion_classifier import in_memory, model_io, training
 from emotion_classifier.config import GeneratorConfig
 from emotion_classifier.device_augmentation import DeviceAugmentation, bilinear_affine
+from jax_environment import jax_environment
 from test_training import tiny_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -175,11 +176,7 @@ JAX_CHILD = textwrap.dedent("""
 
 def test_device_training_runs_on_the_jax_backend_without_tensorflow(tmp_path):
     pytest.importorskip("jax")
-    blocked = tmp_path / "blocked" / "tensorflow"
-    blocked.mkdir(parents=True)
-    (blocked / "__init__.py").write_text('raise ImportError("TensorFlow is not installed here")\n')
-    environment = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
-                   "PYTHONPATH": os.pathsep.join([str(blocked.parent), os.environ.get("PYTHONPATH", "")])}
+    environment = jax_environment(tmp_path)  # as on a GPU machine without TensorFlow
     result = subprocess.run([sys.executable, "-c", JAX_CHILD, str(tmp_path), str(PROJECT_ROOT / "tests")],
                             capture_output=True, text=True, env=environment, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from jax_environment import jax_environment
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 # Packages of requirements.txt that the GPU machine lacks: the recipe must not need them.
@@ -19,12 +20,7 @@ ABSENT_ON_THE_DEVICE = ["tensorflow", "rarfile", "googleapiclient", "google_auth
 @pytest.mark.slow
 def test_quick_recipe_runs_every_stage_on_jax_without_tensorflow(tmp_path):
     pytest.importorskip("jax")
-    blocked = tmp_path / "blocked"
-    for name in ABSENT_ON_THE_DEVICE:
-        (blocked / name).mkdir(parents=True)
-        (blocked / name / "__init__.py").write_text(f'raise ImportError("{name} is not installed here")\n')
-    environment = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
-                   "PYTHONPATH": os.pathsep.join([str(blocked), os.environ.get("PYTHONPATH", "")])}
+    environment = jax_environment(tmp_path, ABSENT_ON_THE_DEVICE)
     output = tmp_path / "out"
     result = subprocess.run([sys.executable, str(REPOSITORY / "tools" / "gpu_recipe.py"), "--quick",
                              "--work", str(tmp_path / "work"), "--output", str(output)],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -15,6 +14,7 @@ import pytest
 
 from emotion_classifier import augmentation, generator, host_batches, in_memory, model_io, split_files, training
 from emotion_classifier.config import ConfigError, GeneratorConfig, validate
+from jax_environment import jax_environment
 from split_fixtures import write_split_fixture
 from test_training import tiny_config
 
@@ -175,12 +175,7 @@ JAX_CHILD = textwrap.dedent("""
 @pytest.mark.slow  # tests/test_device_augmentation.py trains on JAX without TensorFlow by default
 def test_memory_training_runs_on_the_jax_backend_without_tensorflow(tmp_path):
     pytest.importorskip("jax")
-    # As on a GPU machine without TensorFlow: a package of that name that refuses to import.
-    blocked = tmp_path / "blocked" / "tensorflow"
-    blocked.mkdir(parents=True)
-    (blocked / "__init__.py").write_text('raise ImportError("TensorFlow is not installed here")\n')
-    environment = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
-                   "PYTHONPATH": os.pathsep.join([str(blocked.parent), os.environ.get("PYTHONPATH", "")])}
+    environment = jax_environment(tmp_path)  # as on a GPU machine without TensorFlow
     result = subprocess.run([sys.executable, "-c", JAX_CHILD, str(tmp_path), str(PROJECT_ROOT / "tests")],
                             capture_output=True, text=True, env=environment, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
