@@ -152,6 +152,19 @@ class _Lister:
         self._taken_paths: set[Path] = set()
         self._visited_folders: set[str] = set()
 
+    def recorded(self, call: Callable[[], Result], label: str) -> Result | None:
+        """``call()``'s result, or None after noting under ``label`` why it failed (only this item
+        is lost); an expired authorisation (HTTP 401) still stops everything."""
+        try:
+            return call()
+        except googleapiclient.errors.HttpError as error:
+            if error.resp.status == 401:
+                raise
+            self.failures.append((label, describe_error(error)))
+        except TRANSPORT_ERRORS as error:
+            self.failures.append((label, describe_error(error)))
+        return None
+
     def get_metadata(self, file_id: str) -> dict:
         request = self.service.files().get(fileId=file_id, fields=_FILE_FIELDS, supportsAllDrives=True)
         return self.retrier.call(lambda: request.execute(num_retries=0), f"reading metadata of {file_id}")
@@ -167,17 +180,8 @@ class _Lister:
             self._visited_folders.add(current["id"])
             is_top = current_path == Path()
             label = f"folder {current.get('name', current['id']) if is_top else current_path.as_posix()}"
-            try:
-                children = list(self._list_children(current))
-            except googleapiclient.errors.HttpError as error:
-                if error.resp.status == 401:
-                    raise
-                self.failures.append((label, describe_error(error)))
-                continue
-            except TRANSPORT_ERRORS as error:
-                self.failures.append((label, describe_error(error)))
-                continue
-            for child in children:
+            children = self.recorded(lambda: list(self._list_children(current)), label)
+            for child in children or []:
                 child_path = current_path / safe_name(child.get("name", ""), child["id"])
                 if child.get("mimeType") == FOLDER_MIME_TYPE:
                     pending.append((child, child_path))
@@ -292,15 +296,8 @@ def list_remote_files(
         if not _DRIVE_ID_PATTERN.match(file_id):
             lister.failures.append((file_id, "not a Drive file ID (get_data.drive_file_ids)"))
             continue
-        try:
-            item = lister.get_metadata(file_id)
-        except googleapiclient.errors.HttpError as error:
-            if error.resp.status == 401:
-                raise
-            lister.failures.append((file_id, describe_error(error)))
-            continue
-        except TRANSPORT_ERRORS as error:
-            lister.failures.append((file_id, describe_error(error)))
+        item = lister.recorded(lambda: lister.get_metadata(file_id), file_id)
+        if item is None:
             continue
         if item.get("mimeType") == FOLDER_MIME_TYPE:
             lister.add_folder(item, Path(safe_name(item.get("name", ""), file_id)))
