@@ -502,19 +502,17 @@ def _in_range(value: float, interval: str) -> bool:
     return above and below and not math.isnan(value)
 
 
-def _check_values(config: Config) -> None:
-    """Each key's choices or range (``setting``'s ``allowed``)."""
-    for section in dataclasses.fields(Config):
-        section_object = getattr(config, section.name)
-        for field in dataclasses.fields(section_object):
-            allowed = field.metadata.get("allowed")
-            value = getattr(section_object, field.name)
-            for item in value if isinstance(value, list) else [value]:
-                if isinstance(allowed, str) and not _in_range(item, allowed):
-                    raise ConfigError(f"{section.name}.{field.name}: must be in {allowed}, got {item}")
-                if isinstance(allowed, set) and item not in allowed:
-                    names = ", ".join(sorted(str(choice) for choice in allowed))
-                    raise ConfigError(f"{section.name}.{field.name}: {item!r} is not one of {names}")
+def check_section(name: str, section_object: object) -> None:
+    """Each key's choices or range (``setting``'s ``allowed``) in one section, named ``name``."""
+    for field in dataclasses.fields(section_object):
+        allowed = field.metadata.get("allowed")
+        value = getattr(section_object, field.name)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(allowed, str) and not _in_range(item, allowed):
+                raise ConfigError(f"{name}.{field.name}: must be in {allowed}, got {item}")
+            if isinstance(allowed, set) and item not in allowed:
+                names = ", ".join(sorted(str(choice) for choice in allowed))
+                raise ConfigError(f"{name}.{field.name}: {item!r} is not one of {names}")
 
 
 def _is_run_name(name: str) -> bool:
@@ -579,7 +577,8 @@ def _check_folders(paths: PathsConfig) -> None:
 def validate(config: Config) -> None:
     """Check what a type alone cannot: choices, ranges, that folders are folders, and the rules
     between keys."""
-    _check_values(config)
+    for section in dataclasses.fields(Config):
+        check_section(section.name, getattr(config, section.name))
     _check_folders(config.paths)
     get_data = config.get_data
     for holds, message in [

@@ -58,7 +58,7 @@ from emotion_classifier.classifiers import (  # noqa: F401  (the names predict's
     prediction_views,
 )
 from emotion_classifier.errors import PipelineError
-from emotion_classifier.config import Config, PredictConfig
+from emotion_classifier.config import Config, ConfigError, PredictConfig, check_section
 from emotion_classifier.timing import Stopwatch
 
 LOGGER = logging.getLogger(__name__)
@@ -71,7 +71,6 @@ STAMP_NAME = ".predict_stamp.json"
 ANNOTATED_FOLDER = "annotated"
 VIDEOS_FOLDER = "videos"
 
-TEST_TIME_AUGMENTATIONS: tuple[str, ...] = ("model", "none", "flip", "flip_crops")
 
 # Row statuses.
 FACE = "face"
@@ -113,20 +112,15 @@ class PredictionResult:
 
 
 def check_settings(settings: PredictConfig) -> None:
-    """Reject values that a type alone cannot, naming the key."""
-    if settings.test_time_augmentation not in TEST_TIME_AUGMENTATIONS:
-        raise PipelineError(f"predict.test_time_augmentation: one of {', '.join(TEST_TIME_AUGMENTATIONS)}; "
-                            f"got {settings.test_time_augmentation!r}")
-    if settings.detector not in detectors.DETECTORS:
-        raise PipelineError(f"predict.detector: {settings.detector!r} is not one of {', '.join(detectors.DETECTORS)}")
-    if settings.face_margin < 0:
-        raise PipelineError(f"predict.face_margin: must not be negative, got {settings.face_margin}")
-    if settings.min_confidence < 0 or (settings.detector != "haar" and settings.min_confidence > 1):
+    """The checks of the configuration's [predict] section (settings built in code, as the demo
+    does, skip loading a configuration), and those that depend on the detector and the model."""
+    try:
+        check_section("predict", settings)
+    except ConfigError as error:
+        raise PipelineError(str(error)) from None
+    if settings.detector != "haar" and settings.min_confidence > 1:
         raise PipelineError(f"predict.min_confidence: must be in [0, 1] for {settings.detector}, "
                             f"got {settings.min_confidence}")
-    if settings.video_frames_per_second < 0:
-        raise PipelineError(f"predict.video_frames_per_second: must not be negative, got "
-                            f"{settings.video_frames_per_second}")
     if settings.explain and not settings.model:
         raise PipelineError("--explain (predict.explain) needs the Keras model: set predict.model (--model)")
 
