@@ -365,8 +365,7 @@ def test_oauth_client_file_given_as_service_account_key_suggests_oauth(server, t
 
 def test_oauth_without_client_file_or_token_says_what_to_provide(server, tmp_path):
     settings = settings_for(server, drive_folder_id="folder1", drive_auth="oauth",
-                            drive_credentials_file=str(tmp_path / "client.json"),
-                            drive_token_file=str(tmp_path / "token.json"))
+                            drive_credentials_file=str(tmp_path / "client.json"))
     with pytest.raises(PipelineError, match="OAuth client file of type 'Desktop app'"):
         drive.download(settings, tmp_path / "raw")
 
@@ -375,9 +374,9 @@ def test_oauth_consent_result_is_cached_for_its_owner_only(server, tmp_path, cap
     server.add_file("train.zip", b"train", parent=(root := server.add_folder("root")))
     client_file = tmp_path / "client.json"
     client_file.write_text(json.dumps({"installed": {"client_id": "id", "client_secret": "shh"}}))
-    token_file = tmp_path / "secrets" / "token.json"
+    token_file = tmp_path / "drive-token.json"
     settings = settings_for(server, drive_folder_id=root, drive_auth="oauth",
-                            drive_credentials_file=str(client_file), drive_token_file=str(token_file))
+                            drive_credentials_file=str(client_file))
     consents: list[Path] = []
 
     def authorize(path: Path) -> google.oauth2.credentials.Credentials:
@@ -409,14 +408,14 @@ def test_expired_cached_token_is_refreshed_and_rewritten_owner_only(server, tmp_
     # file's token_uri on purpose); point that constant at the fake server for this test.
     monkeypatch.setattr(google.oauth2.credentials, "_GOOGLE_OAUTH2_TOKEN_ENDPOINT", server.token_uri)
     server.add_file("valid.zip", b"valid", parent=(root := server.add_folder("root")))
-    token_file = tmp_path / "token.json"
+    token_file = tmp_path / "drive-token.json"
     token_file.write_text(json.dumps({
         "token": "expired-token", "refresh_token": server.refresh_token, "token_uri": server.token_uri,
         "client_id": "id", "client_secret": "shh", "expiry": "2000-01-01T00:00:00Z",
     }))
     token_file.chmod(0o644)
     settings = settings_for(server, drive_folder_id=root, drive_auth="oauth",
-                            drive_credentials_file=str(tmp_path / "absent.json"), drive_token_file=str(token_file))
+                            drive_credentials_file=str(tmp_path / "absent.json"))
 
     result = drive.download(settings, tmp_path / "raw", authorize=lambda path: pytest.fail("no consent needed"))
 

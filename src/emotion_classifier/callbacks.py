@@ -1,4 +1,5 @@
-"""Keras callbacks of a training run: skipped images, resumable early stopping, checkpoints.
+"""Keras callbacks of a training run: skipped images, resumable early stopping, checkpoints,
+averaged weights.
 
 They write into the run folder (runs.py names its files) after every epoch, so a run killed at
 any moment resumes from a consistent state.
@@ -54,6 +55,21 @@ class SkippedImagesReport(keras.callbacks.Callback):
             print(f"  unreadable: {listed}{where}")
             if self.list_path is not None:
                 files.write_text(self.list_path, "\n".join(self.named) + "\n")
+
+
+class AveragedWeights(keras.callbacks.SwapEMAWeights):
+    """Validation, checkpoints and the best model get the weights' moving average
+    (``weight_averaging``); training goes on with the trained weights.
+
+    Keras' callback swaps the two sets of values at the end of every epoch (so the checkpoint
+    saved after it holds the averaged weights as the model's and the trained ones in the
+    optimizer) and back at the start of the next. A checkpoint therefore resumes with the
+    averaged weights in the model: ``resumed`` says so, and the first epoch swaps them back.
+    """
+
+    def __init__(self, resumed: bool = False):
+        super().__init__(swap_on_epoch=True)
+        self._ema_weights_in_model = resumed
 
 
 def monitor_mode(monitor: str) -> str:

@@ -64,9 +64,8 @@ class GetDataConfig:
     drive_file_ids: list[str] = dataclasses.field(default_factory=list)
     # "service_account" (a key file) or "oauth" (installed-app flow with a cached token).
     drive_auth: str = setting("service_account", {"service_account", "oauth"})
+    # The service-account key, or the OAuth client file (the OAuth token is cached beside it).
     drive_credentials_file: str = "secrets/drive-service-account.json"
-    drive_token_file: str = "secrets/drive-token.json"
-    # Extract archives after bringing them in.
     extract: bool = True
     # Decompression-bomb limits, checked on declared sizes and on the bytes written: an archive set
     # expands to at most this many times its own size (beyond its first 16 MiB)...
@@ -189,6 +188,9 @@ class TrainingConfig:
     # Class weights from the effective number of samples (Cui et al. 2019); 0: all the same.
     class_balanced_beta: float = setting(0.9999, "[0, 1)")
     label_smoothing: float = setting(0.0, "[0, 1)")
+    # Moving average of the weights, updated every step with this momentum (0.999: about the last
+    # 1,000 steps), which validation, the best model and every later stage use; 0: off.
+    weight_averaging: float = setting(0.0, "[0, 1)")
     seed: int = 0
     # After training: "none", "prior_matching" (logit offsets that make each class predicted as
     # often as it occurs in training) or "recall_floor" (the smallest offsets giving every class a

@@ -30,8 +30,15 @@ logger = logging.getLogger(__name__)
 # Read-only access is all a download needs; a leaked token then cannot change the user's Drive.
 DRIVE_SCOPES = ["https://www.googleapis.com/auth/drive.readonly"]
 DOCS_HINT = "see docs/google_drive.md"
+# The cached OAuth sign-in, kept beside the OAuth client file (get_data.drive_credentials_file).
+TOKEN_FILE_NAME = "drive-token.json"
 # A request that hangs (a stalled connection) fails after this long and is retried like a drop.
 REQUEST_TIMEOUT_SECONDS = 120
+
+
+def token_path(settings: GetDataConfig) -> Path:
+    """Where the OAuth sign-in is cached: beside the OAuth client file."""
+    return Path(settings.drive_credentials_file).with_name(TOKEN_FILE_NAME)
 
 
 def load_credentials(
@@ -48,7 +55,7 @@ def load_credentials(
         return _service_account_credentials(credentials_file)
     if settings.drive_auth == "oauth":
         return _oauth_credentials(
-            credentials_file, Path(settings.drive_token_file), authorize or _run_installed_app_flow
+            credentials_file, token_path(settings), authorize or _run_installed_app_flow
         )
     raise PipelineError(
         f"get_data.drive_auth: {settings.drive_auth!r} is not one of service_account, oauth"
@@ -180,7 +187,7 @@ def _restrict_to_owner(path: Path) -> None:
 def rejected_credentials_message(settings: GetDataConfig) -> str:
     where = (
         f"the key in {settings.drive_credentials_file}" if settings.drive_auth == "service_account"
-        else f"the cached token {settings.drive_token_file} (delete it to sign in again)"
+        else f"the cached token {token_path(settings)} (delete it to sign in again)"
     )
     return (
         f"Google Drive rejected the credentials ({where}, get_data.drive_auth={settings.drive_auth!r}); "

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from emotion_classifier import calibration, distribute, ensemble, files, model_io, runs, split_files
-from emotion_classifier.callbacks import ResumableEarlyStopping, RunCheckpoint, SkippedImagesReport, monitor_mode
+from emotion_classifier.callbacks import AveragedWeights, ResumableEarlyStopping, RunCheckpoint, SkippedImagesReport, monitor_mode
 from emotion_classifier.errors import PipelineError
 from emotion_classifier.inputs import make_inputs, resolve_resize_in_model
 from emotion_classifier.losses import WeightedCrossEntropy, class_balanced_weights
@@ -110,6 +110,9 @@ def _train_run(config, section_name: str, run_dir: Path, training_rows: pd.DataF
         early_stopping,
         checkpoint,
     ] if chief else [early_stopping]
+    if model_config.weight_averaging:
+        # First, so that the checkpoint saves the averaged weights (a resumed checkpoint holds them).
+        callbacks.insert(0, AveragedWeights(resumed=state is not None))
     if distribute.is_multi_worker(strategy):
         _work_around_multi_worker_fit(model, strategy, model_config)
     if initial_epoch < model_config.epochs and not (state and state.get("stopped_early")):
@@ -243,12 +246,15 @@ def make_optimizer(model_config, steps_per_epoch: int) -> keras.optimizers.Optim
             warmup_target=model_config.learning_rate if warmup_steps else None,
             warmup_steps=warmup_steps,
         )
+    # Keras keeps the averaged weights as optimizer variables (saved with the checkpoint);
+    # callbacks.AveragedWeights swaps them in for validation and saving.
+    averaging = dict(use_ema=model_config.weight_averaging > 0, ema_momentum=model_config.weight_averaging or 0.99)
     if model_config.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=model_config.weight_decay)
+        return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=model_config.weight_decay, **averaging)
     if model_config.optimizer == "sgd":
         return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9, nesterov=True,
-                                    weight_decay=model_config.weight_decay or None)
-    return keras.optimizers.Adam(learning_rate=learning_rate)
+                                    weight_decay=model_config.weight_decay or None, **averaging)
+    return keras.optimizers.Adam(learning_rate=learning_rate, **averaging)
 
 
 
