@@ -13,7 +13,7 @@ from pathlib import Path
 from emotion_classifier import files
 
 MODEL_INFO_NAME = "model_info.json"
-# The model the project ships (trained by config/fer2013.toml, see its README): the default of
+# The model the project ships (trained by config/fer2013_cpu.toml, see its README): the default of
 # the demo, of predict, and of evaluation when no training run of its own exists.
 SHIPPED_MODEL_PATH = Path("models") / "shipped" / "fer2013" / "model.keras"
 INPUT_DESCRIPTION = "float32 images with values in [0, 255]; the model applies its own preprocessing"
