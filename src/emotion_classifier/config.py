@@ -541,8 +541,8 @@ def _model_rules(config: Config, section: str) -> list[tuple[object, str]]:
          f"{where('strategy')} = {model.strategy!r} needs {where('input_mode')} = \"tf_data\", "
          f"got {model.input_mode!r}"),
         (not (config.generator.augment and config.generator.mixup > 0) or model.input_mode == "memory",
-         f"generator.mixup = {config.generator.mixup} needs {where('input_mode')} = \"memory\" (labels become "
-         f"class probabilities), got {model.input_mode!r}; or set generator.mixup = 0"),
+         f"generator.mixup = {config.generator.mixup} needs {where('input_mode')} = \"memory\" for [{section}] "
+         f"too (labels become class probabilities), got {model.input_mode!r}; or set generator.mixup = 0"),
         (config.generator.source == "files" or model.input_mode == "tf_data",
          f"generator.source = {config.generator.source!r} is read by input_mode = \"tf_data\" only; "
          f"{where('input_mode')} is {model.input_mode!r}"),
