@@ -19,7 +19,7 @@ import pytest
 from emotion_classifier import in_memory, model_io, training
 from emotion_classifier.config import GeneratorConfig
 from emotion_classifier.device_augmentation import DeviceAugmentation, bilinear_affine
-from jax_environment import jax_environment
+from jax_environment import run_folders_trained_without_tensorflow
 from test_training import tiny_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -176,11 +176,8 @@ JAX_CHILD = textwrap.dedent("""
 
 def test_device_training_runs_on_the_jax_backend_without_tensorflow(tmp_path):
     pytest.importorskip("jax")
-    environment = jax_environment(tmp_path)  # as on a GPU machine without TensorFlow
-    result = subprocess.run([sys.executable, "-c", JAX_CHILD, str(tmp_path), str(PROJECT_ROOT / "tests")],
-                            capture_output=True, text=True, env=environment, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    run_dir = Path(result.stdout.split("RUN", 1)[1].split()[0])
+    # As on a GPU machine without TensorFlow.
+    (run_dir,) = run_folders_trained_without_tensorflow(JAX_CHILD, tmp_path)
     summary = json.loads((run_dir / "training_summary.json").read_text())
     assert summary["keras_backend"] == "jax" and summary["input_mode"] == "device"
     model, _ = model_io.load_trained_model(run_dir / "best.keras")

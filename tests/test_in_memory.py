@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import pytest
 
 from emotion_classifier import augmentation, generator, host_batches, in_memory, model_io, split_files, training
 from emotion_classifier.config import ConfigError, GeneratorConfig, validate
-from jax_environment import jax_environment
+from jax_environment import run_folders_trained_without_tensorflow
 from split_fixtures import write_split_fixture
 from test_training import tiny_config
 
@@ -175,11 +173,8 @@ JAX_CHILD = textwrap.dedent("""
 @pytest.mark.slow  # tests/test_device_augmentation.py trains on JAX without TensorFlow by default
 def test_memory_training_runs_on_the_jax_backend_without_tensorflow(tmp_path):
     pytest.importorskip("jax")
-    environment = jax_environment(tmp_path)  # as on a GPU machine without TensorFlow
-    result = subprocess.run([sys.executable, "-c", JAX_CHILD, str(tmp_path), str(PROJECT_ROOT / "tests")],
-                            capture_output=True, text=True, env=environment, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    run_dir, resizing_dir = (Path(name) for name in result.stdout.split("RUN", 1)[1].split())
+    # As on a GPU machine without TensorFlow.
+    run_dir, resizing_dir = run_folders_trained_without_tensorflow(JAX_CHILD, tmp_path)
     summary = json.loads((run_dir / "training_summary.json").read_text())
     assert summary["keras_backend"] == "jax" and summary["epochs_run"] == 2
     # The model a JAX run saves loads and predicts with this process's TensorFlow backend.
