@@ -248,7 +248,7 @@ def make_optimizer(model_config, steps_per_epoch: int) -> keras.optimizers.Optim
         )
     # Keras keeps the averaged weights as optimizer variables (saved with the checkpoint);
     # callbacks.AveragedWeights swaps them in for validation and saving.
-    averaging = dict(use_ema=model_config.weight_averaging > 0, ema_momentum=model_config.weight_averaging or 0.99)
+    averaging = dict(use_ema=model_config.weight_averaging > 0, ema_momentum=model_config.weight_averaging)
     if model_config.optimizer == "adamw":
         return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=model_config.weight_decay, **averaging)
     if model_config.optimizer == "sgd":
