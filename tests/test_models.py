@@ -188,3 +188,29 @@ def test_fer_presets_build_at_fer_resolution_with_their_widths(preset):
     assert [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)] == \
         list(expected["dense_units"]) + [7]
     assert model.input_shape == (None, 48, 48, 1) and model.output_shape == (None, 7)
+
+
+def test_residual_vgg_adds_each_block_input_to_its_output():
+    from emotion_classifier.config import load_config
+
+    config = load_config(None, ['model_4.preset="fer_vgg_small"', 'model_4.architecture="residual_vgg"',
+                                "model_4.image_size=32", "model_4.channels=1", "model_4.conv_filters=[4, 4]"])
+    model = build_model("model_4", config.model_4, 3)
+    assert model.name == "residual_vgg"
+    names = [layer.name for layer in model.layers]
+    # A projection only where the channels change (1 -> 4), an identity shortcut where they do not.
+    assert [name for name in names if "shortcut_conv" in name] == ["block1_shortcut_conv"]
+    assert [name for name in names if name.endswith("_add")] == ["block1_add", "block2_add"]
+    # With the second block's convolutions zeroed, the block passes its (non-negative) input through.
+    for layer_name in ("block2_conv1", "block2_conv2"):
+        layer = model.get_layer(layer_name)
+        layer.set_weights([np.zeros_like(weight) for weight in layer.get_weights()])
+    probe = keras.Model(model.input, [model.get_layer("block1_pool").output, model.get_layer("block2_relu2").output])
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 1)).astype("float32")
+    block_input, block_output = (keras.ops.convert_to_numpy(tensor) for tensor in probe(images))
+    np.testing.assert_allclose(block_output, block_input, atol=1e-5)
+    # The plain VGG of the same configuration has no shortcut, and about the same cost.
+    config.model_4.architecture = "vgg"
+    plain = build_model("model_4", config.model_4, 3)
+    assert not any(isinstance(layer, keras.layers.Add) for layer in plain.layers)
+    assert plain.count_params() < model.count_params() < 1.1 * plain.count_params()

@@ -245,8 +245,9 @@ class Model4Config(ModelConfig):
     # An entry of MODEL_PRESETS, which fills the architecture keys below that are not set.
     preset: str = "seed"
     # "custom_cnn": the original's blocks (one Conv -> ReLU -> BN -> MaxPool each, Flatten head);
-    # "vgg": convs_per_block Conv -> BN -> ReLU per block, global average pooling head.
-    architecture: str = setting(_SEED["architecture"], {"custom_cnn", "vgg"})
+    # "vgg" / "residual_vgg": convs_per_block Conv -> BN -> ReLU per block (residual: plus a shortcut
+    # around the block), global average pooling head.
+    architecture: str = setting(_SEED["architecture"], {"custom_cnn", "vgg", "residual_vgg"})
     conv_filters: list[int] = setting(factory=lambda: list(_SEED["conv_filters"]), allowed="[1, inf)")
     convs_per_block: int = setting(_SEED["convs_per_block"], "[1, inf)")
     dense_units: list[int] = setting(factory=lambda: list(_SEED["dense_units"]), allowed="[1, inf)")
@@ -577,8 +578,7 @@ def _check_folders(paths: PathsConfig) -> None:
 
 
 def validate(config: Config) -> None:
-    """Check what a type alone cannot: choices, ranges, that folders are folders, and the rules
-    between keys."""
+    """Check what a type alone cannot: choices, ranges, that folders are folders, rules between keys."""
     for section in dataclasses.fields(Config):
         check_section(section.name, getattr(config, section.name))
     _check_folders(config.paths)

@@ -168,6 +168,7 @@ def build_vgg(
     dense_units: Sequence[int] = (256,),
     conv_dropout: float = 0.1,
     dense_dropout: float = 0.4,
+    residual: bool = False,
     resize_in_model: bool = False,
     training_augmentation: DeviceAugmentation | None = None,
 ) -> keras.Model:
@@ -177,6 +178,11 @@ def build_vgg(
     and a light spatial Dropout; the head is global average pooling (far fewer weights than the
     original's Flatten, so it overfits less on 30k images), Dense -> ReLU -> Dropout per entry of
     ``dense_units``, and softmax. Convolutions carry no bias because BatchNormalization follows.
+
+    With ``residual`` each block is a residual unit (He et al. 2016): the block's input, through
+    a 1x1 convolution and BatchNormalization where its channels differ, is added to the last
+    convolution's normalised output before that convolution's ReLU. The shortcut costs a small
+    fraction of a block's 3x3 convolutions, so both forms compute about the same.
     """
     _check_cnn_arguments(input_shape, num_classes, conv_filters, dense_units, conv_dropout, dense_dropout)
     if convs_per_block < 1:
@@ -185,10 +191,13 @@ def build_vgg(
     inputs, x = model_inputs(input_shape, resize_in_model, training_augmentation)
     x = keras.layers.Rescaling(1.0 / 255.0, name="rescale_to_unit")(x)
     for block, filters in enumerate(conv_filters, start=1):
+        shortcut = x
         for index in range(1, convs_per_block + 1):
             x = keras.layers.Conv2D(int(filters), 3, padding="same", use_bias=False,
                                     name=f"block{block}_conv{index}")(x)
             x = keras.layers.BatchNormalization(name=f"block{block}_batch_norm{index}")(x)
+            if residual and index == convs_per_block:
+                x = keras.layers.Add(name=f"block{block}_add")([x, _shortcut(shortcut, int(filters), block)])
             x = keras.layers.Activation("relu", name=f"block{block}_relu{index}")(x)
         x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
         if conv_dropout > 0:
@@ -200,7 +209,15 @@ def build_vgg(
         if dense_dropout > 0:
             x = keras.layers.Dropout(dense_dropout, name=f"dense_dropout_{index}")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="vgg")
+    return keras.Model(inputs, outputs, name="residual_vgg" if residual else "vgg")
+
+
+def _shortcut(x, filters: int, block: int):
+    """A residual unit's shortcut: ``x`` itself, or projected to ``filters`` channels."""
+    if x.shape[-1] == filters:
+        return x
+    x = keras.layers.Conv2D(filters, 1, use_bias=False, name=f"block{block}_shortcut_conv")(x)
+    return keras.layers.BatchNormalization(name=f"block{block}_shortcut_batch_norm")(x)
 
 
 def build_model_6(
@@ -248,7 +265,7 @@ def build_model(section_name: str, model_config, num_classes: int, resize_in_mod
     (see model_inputs) as inputs.resolve_resize_in_model decides it for the training images, and
     ``training_augmentation`` after its input when given (input_mode = "device")."""
     input_shape = (model_config.image_size, model_config.image_size, model_config.channels)
-    if section_name == "model_4" and model_config.architecture == "vgg":
+    if section_name == "model_4" and model_config.architecture in ("vgg", "residual_vgg"):
         return build_vgg(
             input_shape,
             num_classes,
@@ -257,6 +274,7 @@ def build_model(section_name: str, model_config, num_classes: int, resize_in_mod
             dense_units=model_config.dense_units,
             conv_dropout=model_config.conv_dropout,
             dense_dropout=model_config.dense_dropout,
+            residual=model_config.architecture == "residual_vgg",
             resize_in_model=resize_in_model,
             training_augmentation=training_augmentation,
         )
