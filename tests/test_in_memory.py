@@ -16,8 +16,6 @@ from jax_environment import run_folders_trained_without_tensorflow
 from split_fixtures import write_split_fixture
 from test_training import tiny_config
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
 
 def split_rows(config, split: str) -> pd.DataFrame:
     frame, _ = split_files.read_split(config)

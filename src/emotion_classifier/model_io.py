@@ -89,7 +89,6 @@ def as_float32(model):
     float16, which TFLite cannot convert and CPUs without bfloat16 units run slowly; the copy
     has the same weights and float32 computation everywhere.
     """
-
     config = _float32_config(model.get_config())
     copy = model.__class__.from_config(config)
     copy.set_weights(model.get_weights())
