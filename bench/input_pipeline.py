@@ -22,13 +22,10 @@ RGB JPEGs with a face box (like AffectNet's photos):
    ``make_dataset(..., read_whole_batches=False)``, one file per tf.data element instead of one
    training batch (done only for crops of one size that are not decoded at reduced scale: the
    512-pixel photos are read one file per element either way, so there these rows repeat 4 and 8);
-10. ``memory_augmented`` and ``memory_augmented_resize_in_model``: ``input_mode = "memory"``'s
-   host-side augmentation (OpenCV, one thread) of decoded arrays at the training size and at
-   the size handed to a model with ``resize_in_model``.
-11. ``ours_default_auto``: row 8 or row 4, whichever the default configuration runs
+10. ``ours_default_auto``: row 8 or row 4, whichever the default configuration runs
    (``resize_in_model = "auto"``: row 8 for crops of one size smaller than the training size,
    FER2013's; row 4 otherwise, the 512-pixel photos); not timed again.
-12. ``host_files_default`` and ``host_files_default_pillow``: the file path that needs no
+11. ``host_files_default`` and ``host_files_default_pillow``: the file path that needs no
    TensorFlow (``input_mode = "arrays"``, the GPU machine's): ``host_batches.ImageBatches``
    decoding and resizing every batch on the host, one thread per CPU core as Keras' PyDataset
    workers do, at the default size without augmentation; plain JPEGs decoded by OpenCV (the
@@ -60,8 +57,8 @@ import numpy as np
 
 import common
 
-from emotion_classifier import augmentation, host_batches, in_memory, tf_dataset, tfrecords  # noqa: E402
-from emotion_classifier.images import crops_smaller_than_input, handover_size  # noqa: E402
+from emotion_classifier import host_batches, tf_dataset, tfrecords  # noqa: E402
+from emotion_classifier.images import crops_smaller_than_input  # noqa: E402
 from emotion_classifier.config import GeneratorConfig  # noqa: E402
 
 BATCH_SIZE = 64
@@ -81,8 +78,7 @@ def host_file_batches(frame, images_root: Path, image_size: int, opencv: bool):
     """ImageBatches' training batches made by one thread per core, as Keras' PyDataset workers do."""
     workers = os.cpu_count() or 1
     batches = host_batches.ImageBatches(frame, images_root, image_size, 3, BATCH_SIZE, training=True,
-                                        generator_config=GeneratorConfig(augment=False), workers=workers,
-                                        use_opencv=opencv)
+                                        workers=workers, use_opencv=opencv)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         pending = collections.deque(pool.submit(batches.__getitem__, index % len(batches))
                                     for index in range(2 * workers))
@@ -146,16 +142,6 @@ def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: 
     # the model's own enlargement for crops smaller than the training size, host resizing otherwise.
     enlarged_in_model = crops_smaller_than_input(frame, images_root, size, 0.0) is not None
     results["ours_default_auto"] = results["ours_default_resize_in_model" if enlarged_in_model else "ours_default"]
-    # input_mode "memory" (the path of backends without TensorFlow): augmenting decoded arrays on
-    # the host with OpenCV, one thread, at the training size and at the size handed to a model
-    # that resizes its own inputs.
-    for variant, resize_in_model in (("memory_augmented", False), ("memory_augmented_resize_in_model", True)):
-        host_size = handover_size(frame, images_root, size, 0.0, resize_in_model)
-        images, labels = host_batches.load_arrays(frame, images_root, host_size, 3, dtype="uint8")
-        batches = in_memory.ArrayBatches(images, labels, BATCH_SIZE, training=True,
-                                         augmentation=augmentation.FaceAugmentation.from_config(augmented))
-        results[variant] = common.time_batches(
-            (batches[index % len(batches)] for index in itertools.count()), images_wanted // 2)
     cached = iter(ours(size, dataclasses.replace(plain, cache=True)))
     for _ in range(len(frame) // BATCH_SIZE + 2):  # the first pass, which fills the cache
         next(cached)
@@ -182,8 +168,6 @@ def measure(name: str, images_root: Path, frame, work_dir: Path, images_wanted: 
         ("ours_default / ours_default_per_file", "ours_default", "ours_default_per_file", 2),
         ("augmented_resize_in_model / augmented", "ours_default_augmented_resize_in_model",
          "ours_default_augmented", 2),
-        ("memory_augmented_resize_in_model / memory_augmented", "memory_augmented_resize_in_model",
-         "memory_augmented", 2),
         ("ours_default_cached / decode_only", "ours_default_cached", "decode_only", 3),
         ("tfrecords_default / decode_only", "tfrecords_default", "decode_only", 3),
         ("tfrecords_default / ours_default", "tfrecords_default", "ours_default", 2),

@@ -32,9 +32,10 @@ hands FER2013's faces over at their own 48x48 (the enlargement runs in the model
 
 ``--augmentation``: where the recipe's augmentation runs (config/fer2013_gpu.toml's [generator]),
 on FER2013's 48-pixel faces held in memory as uint8, for ``fer_vgg`` (build_vgg's defaults):
-``none`` (no augmentation), ``host`` (FaceAugmentation, OpenCV in a worker thread per core),
-``tf_data`` (BatchAugmentation in a tf.data map; TensorFlow backend only) and ``device``
-(DeviceAugmentation inside the model's training step, batches gathered by DeviceBatches).
+``none`` (no augmentation, ArrayBatches), ``memory`` (AugmentationLayer inside the model's
+training step, batches from ArrayBatches on the host), ``device`` (the same layer, batches
+gathered on the device by DeviceBatches) and ``tf_data`` (BatchAugmentation in a tf.data map;
+TensorFlow backend only).
 
 Writes reports/bench/training.json (``--output`` names another).
 """
@@ -141,9 +142,8 @@ RECIPE_AUGMENTATION = {"rotation_degrees": 10.0, "zoom": 0.2, "translation": 0.1
 
 
 def augmentation_speeds(arguments) -> None:
-    """Training images per second with the augmentation on the host, in tf.data and in the model."""
+    """Training images per second with the augmentation in the model and in tf.data."""
     from emotion_classifier import augmentation, in_memory
-    from emotion_classifier.device_augmentation import DeviceAugmentation
     from emotion_classifier.models import build_vgg
 
     batch_size, steps, count = (16, 3, 64) if arguments.quick else (64, 12, 2048)
@@ -151,10 +151,11 @@ def augmentation_speeds(arguments) -> None:
     faces, labels = host_batches.load_arrays(frame, root, 48, 1, 0.0, dtype="uint8")
     labels = labels % CLASSES
     generator_config = GeneratorConfig(**RECIPE_AUGMENTATION)
-    places = ["none", "host", "device"] + (["tf_data"] if keras.backend.backend() == "tensorflow" else [])
+    places = ["none", "memory", "device"] + (["tf_data"] if keras.backend.backend() == "tensorflow" else [])
     rows = []
     for place in places:
-        layer = DeviceAugmentation.from_config_section(generator_config) if place == "device" else None
+        in_model = place in ("memory", "device")
+        layer = augmentation.AugmentationLayer.from_config_section(generator_config) if in_model else None
         keras.utils.set_random_seed(0)
         model = build_vgg((48, 48, 1), CLASSES, training_augmentation=layer)
         model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True),
@@ -169,9 +170,7 @@ def augmentation_speeds(arguments) -> None:
                     .map(lambda images, targets: (batch_augmentation(tf.cast(images, tf.float32)), targets),
                          num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
         else:
-            host = augmentation.FaceAugmentation(generator_config) if place == "host" else None
-            data = in_memory.ArrayBatches(faces, labels, batch_size, training=True, augmentation=host,
-                                          workers=os.cpu_count() or 1)
+            data = in_memory.ArrayBatches(faces, labels, batch_size, training=True, workers=os.cpu_count() or 1)
         timer = StepTimer(2)
         model.fit(data, epochs=1, steps_per_epoch=None if isinstance(data, keras.utils.PyDataset) else steps + 2,
                   verbose=0, callbacks=[timer.callback])
@@ -214,7 +213,6 @@ def backend_neutral_main(arguments) -> None:
     paths = [str(root / name) for name in frame["filename"]]
     labels = frame["class_index"].to_numpy(dtype="int32") % CLASSES
     frame["class_index"] = labels
-    plain = GeneratorConfig(augment=False)
     workers = os.cpu_count() or 1
 
     rows = []
@@ -227,7 +225,7 @@ def backend_neutral_main(arguments) -> None:
             inputs = {
                 "memory": in_memory.ArrayBatches(decoded, decoded_labels, batch_size, training=True, workers=workers),
                 "files": host_batches.ImageBatches(frame, root, host_size, 3, batch_size, training=True,
-                                                     generator_config=plain, workers=workers),
+                                                     workers=workers),
                 "in_memory": RepeatedBatch(decoded[:batch_size].astype("float32"), decoded_labels[:batch_size], total),
             }
             speeds = {key: training_speed(section, size, data, steps, batch_size, mixed, resize)
@@ -268,7 +266,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None,
                         help="configurations to run (seed_original_size, seed_default_size, resnet50)")
     parser.add_argument("--augmentation", action="store_true",
-                        help="fer_vgg's speed with the augmentation on the host, in tf.data and in the model")
+                        help="fer_vgg's speed with the augmentation in the model (host or device batches) and in tf.data")
     arguments = parser.parse_args()
     if arguments.augmentation:
         augmentation_speeds(arguments)

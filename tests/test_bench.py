@@ -38,7 +38,7 @@ def test_input_pipeline_benchmark_quick():
     report = run_quick("input_pipeline.py", "test_input_pipeline_quick")
     variants = {row["variant"] for row in report["results"]}
     assert {"original", "ours_256", "ours_default", "decode_only", "tfrecords_default",
-            "ours_default_resize_in_model", "memory_augmented_resize_in_model", "ours_default_auto"} <= variants
+            "ours_default_resize_in_model", "ours_default_auto"} <= variants
     # The default configuration (resize_in_model = "auto") enlarges FER's 48 px faces in the
     # model and shrinks the 512 px photos on the host.
     by_dataset = {(row["dataset"], row["variant"]): row["images_per_second"] for row in report["results"]}

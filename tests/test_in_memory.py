@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from emotion_classifier import augmentation, generator, host_batches, in_memory, model_io, split_files, training
-from emotion_classifier.config import ConfigError, GeneratorConfig, validate
+from emotion_classifier.config import ConfigError, validate
 from jax_environment import run_folders_trained_without_tensorflow
 from split_fixtures import write_split_fixture
 from test_training import tiny_config
@@ -94,40 +94,17 @@ def test_array_batches_cover_every_image_once_per_epoch_and_reshuffle():
         in_memory.ArrayBatches(images, labels[:3], batch_size=4, training=True)
 
 
-def test_augmented_batches_do_not_depend_on_the_order_they_are_made_in():
+def test_mixed_batches_do_not_depend_on_the_order_they_are_made_in():
     images = np.random.default_rng(0).integers(0, 256, size=(16, 12, 12, 1), dtype=np.uint8)
-    labels = np.zeros(16, dtype="int32")
-    face_augmentation = augmentation.FaceAugmentation(GeneratorConfig(rotation_degrees=10, zoom=0.1, random_erasing=0.5))
-    forwards = in_memory.ArrayBatches(images, labels, 4, training=True, seed=1, augmentation=face_augmentation)
-    backwards = in_memory.ArrayBatches(images, labels, 4, training=True, seed=1, augmentation=face_augmentation)
-    made_forwards = [forwards[index][0] for index in range(4)]
-    made_backwards = [backwards[index][0] for index in reversed(range(4))][::-1]
-    for one, other in zip(made_forwards, made_backwards):
-        np.testing.assert_array_equal(one, other)
-
-
-def test_face_augmentation_keeps_shape_and_range_and_each_setting_acts():
-    random = np.random.default_rng(0)
-    face = np.zeros((1, 16, 16, 1), dtype="uint8")
-    face[0, :, :8] = 200  # left half bright
-    off = GeneratorConfig(flip=False, rotation_degrees=0, zoom=0, translation=0, contrast=0, random_erasing=0)
-    np.testing.assert_array_equal(augmentation.FaceAugmentation(off)(face, random), face.astype("float32"))
-
-    flip_only = GeneratorConfig(flip=True, rotation_degrees=0, zoom=0, translation=0, contrast=0, random_erasing=0)
-    outcomes = {int(augmentation.FaceAugmentation(flip_only)(face, random)[0, 0, 0, 0]) for _ in range(30)}
-    assert outcomes == {0, 200}  # mirrored about half of the time, never anything else
-
-    erase_always = GeneratorConfig(flip=False, rotation_degrees=0, zoom=0, translation=0, contrast=0,
-                                   random_erasing=1.0)
-    erased = augmentation.FaceAugmentation(erase_always)(np.full((1, 16, 16, 3), 100, dtype="uint8"), random)
-    assert (erased != 100).any() and (erased == 100).mean() > 0.5
-
-    everything = GeneratorConfig(rotation_degrees=15, zoom=0.2, translation=0.1, contrast=0.5, random_erasing=0.5)
-    batch = random.integers(0, 256, size=(32, 24, 24, 3), dtype=np.uint8)
-    augmented = augmentation.FaceAugmentation(everything)(batch, random)
-    assert augmented.shape == batch.shape and augmented.dtype == np.float32
-    assert augmented.min() >= 0.0 and augmented.max() <= 255.0
-    assert not np.allclose(augmented, batch)
+    labels = np.arange(16, dtype="int32") % 4
+    forwards = in_memory.ArrayBatches(images, labels, 4, training=True, seed=1, num_classes=4, mixup=0.4)
+    backwards = in_memory.ArrayBatches(images, labels, 4, training=True, seed=1, num_classes=4, mixup=0.4)
+    made_forwards = [forwards[index] for index in range(4)]
+    made_backwards = [backwards[index] for index in reversed(range(4))][::-1]
+    for (images_one, targets_one), (images_other, targets_other) in zip(made_forwards, made_backwards):
+        np.testing.assert_array_equal(images_one, images_other)
+        np.testing.assert_array_equal(targets_one, targets_other)
+    assert not np.isin(made_forwards[0][0], images).all()  # blended, not copied
 
 
 def test_memory_input_mode_trains_and_monitor_val_accuracy_picks_the_best_epoch(tmp_path):
@@ -145,6 +122,9 @@ def test_memory_input_mode_trains_and_monitor_val_accuracy_picks_the_best_epoch(
     model, info = model_io.load_trained_model(run_dir / "best.keras")
     assert model.input_shape == (None, 32, 32, 1) and info["classes"] == ["happy", "sad", "angry"]
     assert list((Path(config.paths.processed) / "arrays").glob("train_32px_1ch_*_images.npy"))
+    # The host hands over plain batches; the model's first layer augments them, as configured.
+    layer = next(layer for layer in model.layers if isinstance(layer, augmentation.AugmentationLayer))
+    assert (layer.rotation_degrees, layer.random_erasing) == (10.0, 0.5)
 
 
 JAX_CHILD = textwrap.dedent("""
@@ -168,7 +148,7 @@ JAX_CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow  # tests/test_device_augmentation.py trains on JAX without TensorFlow by default
+@pytest.mark.slow  # tests/test_augmentation_layer.py trains on JAX without TensorFlow by default
 def test_memory_training_runs_on_the_jax_backend_without_tensorflow(tmp_path):
     pytest.importorskip("jax")
     # As on a GPU machine without TensorFlow.

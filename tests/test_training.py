@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from emotion_classifier import inputs, manifest, model_io, runs, training
+from emotion_classifier.augmentation import AugmentationLayer
 from emotion_classifier.errors import PipelineError
 from split_fixtures import write_split_fixture
 
@@ -59,6 +60,8 @@ def test_tiny_training_run_writes_every_run_file_and_the_model_loads(tmp_path):
     assert "[model_4]" in (run_dir / "config.toml").read_text()
     model, info = model_io.load_trained_model(run_dir / "best.keras")
     assert info["classes"] == ["happy", "sad", "angry"] and info["image_size"] == 32
+    # tf.data augments its batches itself: the model holds no augmentation layer.
+    assert not any(isinstance(layer, AugmentationLayer) for layer in model.layers)
     probabilities = model.predict(np.full((2, 32, 32, 1), 128.0, dtype="float32"), verbose=0)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
@@ -83,6 +86,7 @@ def test_arrays_input_mode_trains_with_capped_steps(tmp_path):
     assert summary["images_per_second"] > 0
     model, _ = model_io.load_trained_model(run_dir / "best.keras")
     assert model.output_shape == (None, 3)
+    assert any(isinstance(layer, AugmentationLayer) for layer in model.layers)  # it augments the decoded files
 
 
 def test_classes_without_training_images_are_reported(tmp_path):

@@ -130,8 +130,8 @@ class GeneratorConfig:
     contrast: float = setting(0.1, "[0, 1)")
     random_erasing: float = setting(0.0, "[0, 1]")
     # Mixup (Zhang et al. 2018): every training image and its label blended with another of its
-    # batch, with a weight drawn from Beta(mixup, mixup), e.g. 0.2; 0: off. Needs input_mode =
-    # "memory" (labels become class probabilities); augment = false turns it off too.
+    # batch (weight from Beta(mixup, mixup), e.g. 0.2), then augmented by the model; 0: off. Needs
+    # input_mode = "memory" (labels become class probabilities); augment = false turns it off too.
     mixup: float = setting(0.0, "[0, inf)")
     # Where input_mode = "tf_data" reads images: "files" (decode every epoch) or "tfrecords" (decoded,
     # cropped and resized once into TFRecord shards under <data_dir>/processed/tfrecords).
@@ -200,10 +200,10 @@ class TrainingConfig:
     decision_recall_floor: float = setting(0.5, "(0, 1)")
     # Steps per epoch cap (0: the whole training split); for smoke runs and benchmarks.
     max_steps_per_epoch: int = setting(0, "[0, inf)")
-    # "tf_data" (parallel tf.data pipeline), "memory" (decoded once, cached as uint8 arrays,
-    # augmented on the host with OpenCV), "arrays" (decoded on the host every epoch) or "device"
-    # (the cached arrays held on the accelerator and augmented by the model in its training step,
-    # which keeps a GPU busy); all but "tf_data" run on any Keras backend.
+    # "tf_data" (parallel tf.data pipeline, augmenting too), "memory" (decoded once, cached as
+    # uint8 arrays), "arrays" (decoded on the host every epoch) or "device" (the cached arrays held
+    # on the accelerator, which keeps a GPU busy); all but "tf_data" run on any Keras backend and
+    # leave the augmentation to the model, in its training step.
     input_mode: str = setting("tf_data", {"tf_data", "memory", "arrays", "device"})
     # Devices: "auto" (MultiWorkerMirroredStrategy when TF_CONFIG is set, MirroredStrategy with
     # several GPUs, else none), "none", "mirrored" (all GPUs of this machine) or "multi_worker";

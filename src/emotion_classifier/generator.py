@@ -18,8 +18,8 @@ import keras
 import numpy as np
 
 from emotion_classifier import files, split_files
-from emotion_classifier.device_augmentation import DeviceAugmentation
-from emotion_classifier.inputs import make_inputs, resolve_resize_in_model
+from emotion_classifier.augmentation import AugmentationLayer
+from emotion_classifier.inputs import augments_in_model, make_inputs, resolve_resize_in_model
 
 # Images of the augmented batch saved as a PNG, and batches timed after the first.
 PREVIEW_IMAGES = 16
@@ -46,9 +46,9 @@ def run(config, force: bool = False) -> int:
 
     inputs = make_inputs(config, model_config, training_rows, validation_rows, len(classes), resize_in_model)
     batches = _numpy_batches(inputs.training)
-    if model_config.input_mode == "device":
+    if augments_in_model(model_config):
         # The model augments these batches in its training step: the preview applies the same layer.
-        augmentation = DeviceAugmentation.from_config_section(config.generator, seed=model_config.seed)
+        augmentation = AugmentationLayer.from_config_section(config.generator, seed=model_config.seed)
         if augmentation is not None:
             batches = ((np.asarray(keras.ops.convert_to_numpy(augmentation(images, training=True))), labels)
                        for images, labels in batches)

@@ -2,10 +2,9 @@
 rows at once (``load_arrays``), on any Keras backend.
 
 Images come from ``images.load_image``, so they are the pixels the tf.data pipeline gives for the
-same rows. Training batches are reshuffled every epoch and augmented by ``FaceAugmentation``
-(OpenCV on the host): Keras' layers called outside the model would run on the backend's
-accelerator batch by batch, and JAX's rotation and zoom stall a GPU for minutes. An image that
-fails to decode is dropped from its batch, logged and counted in ``unreadable_files``.
+same rows. Training batches are reshuffled every epoch and left unaugmented: the model augments
+them in its training step (``augmentation.AugmentationLayer``). An image that fails to decode is
+dropped from its batch, logged and counted in ``unreadable_files``.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import pandas as pd
 from PIL import Image
 
 from emotion_classifier import split_files
-from emotion_classifier.augmentation import FaceAugmentation
 from emotion_classifier.errors import PipelineError
 from emotion_classifier.images import load_image, one_opencv_thread_per_worker
 
@@ -125,16 +123,13 @@ class ShuffledBatches(keras.utils.PyDataset):
 class ImageBatches(ShuffledBatches):
     """Batches decoded on the host (load_image), for training on any Keras backend (``input_mode = "arrays"``).
 
-    Training batches are reshuffled every epoch and augmented on the host by OpenCV
-    (``augmentation.FaceAugmentation``, as the tf.data path's ``BatchAugmentation``): Keras'
-    layers called outside the model would run on the backend's accelerator, batch by batch,
-    and JAX's rotation and zoom stall a GPU for minutes. ``max_batches`` (> 0) caps the
-    batches per epoch; each epoch then draws a fresh random subset. Images that fail to decode are dropped from their batch and counted
-    in ``unreadable_files``.
+    Training batches are reshuffled every epoch (the model augments them). ``max_batches`` (> 0)
+    caps the batches per epoch; each epoch then draws a fresh random subset. Images that fail to
+    decode are dropped from their batch and counted in ``unreadable_files``.
     """
 
     def __init__(self, frame: pd.DataFrame, images_root: str | Path, image_size: int, channels: int,
-                 batch_size: int, training: bool, generator_config, seed: int = 0,
+                 batch_size: int, training: bool, face_margin: float = 0.0, seed: int = 0,
                  max_batches: int = 0, workers: int = 1, equalize_histogram: bool = False,
                  use_opencv: bool = True):
         if len(frame) == 0:
@@ -145,11 +140,10 @@ class ImageBatches(ShuffledBatches):
         self.labels = frame["class_index"].to_numpy(dtype="int32")
         self.image_size = image_size
         self.channels = channels
-        self.margin = float(generator_config.face_margin)
+        self.margin = float(face_margin)
         self.equalize_histogram = equalize_histogram
         self.use_opencv = use_opencv
         self.unreadable_files: list[str] = []
-        self._augmentation = FaceAugmentation.from_config(generator_config) if training else None
 
     def __getitem__(self, batch_index: int):
         indices = self.batch_rows(batch_index)
@@ -169,10 +163,7 @@ class ImageBatches(ShuffledBatches):
             labels.append(self.labels[index])
         if not labels:
             raise PipelineError(f"every image of batch {batch_index} is unreadable, e.g. {self.paths[indices[0]]}")
-        batch = batch[:len(labels)]
-        if self._augmentation is not None:
-            batch = self._augmentation(batch, self.batch_random(batch_index))
-        return batch, np.asarray(labels, dtype="int32")
+        return batch[:len(labels)], np.asarray(labels, dtype="int32")
 
 
 # --- The custom_generator.py stage -----------------------------------------------------------

@@ -8,15 +8,10 @@ the uint8 pixels takes the decoder out of the training loop entirely:
   ``data/processed/arrays/``; the cache is keyed by the split's rows (file names, labels, face
   boxes), the image size, channels and face margin, so a changed split or size decodes afresh
   and an unchanged one loads in a second;
-- batches are sliced from the uint8 arrays and converted to float32 one batch at a time;
-- training batches are augmented on the host with OpenCV (``augmentation.FaceAugmentation``: flip, rotation,
-  zoom, translation, contrast, random erasing; the settings of ``[generator]``) in worker
-  threads, a few microseconds per 48x48 face. Keras' own augmentation layers are not used here:
-  on the JAX backend their affine transforms (``map_coordinates``) made a GPU epoch of FER2013
-  take minutes instead of seconds.
+- batches are sliced from the uint8 arrays and converted to float32 one batch at a time, and
+  left unaugmented: the model augments them in its training step (``augmentation.AugmentationLayer``);
 - with ``input_mode = "device"`` the training arrays are copied to the accelerator once
-  (``DeviceBatches``) and the model augments its batches there, in its compiled training step
-  (``device_augmentation.DeviceAugmentation``).
+  (``DeviceBatches``) and each batch is gathered there.
 
 Nothing here calls TensorFlow, so the same run works with ``KERAS_BACKEND=jax`` or ``torch``.
 """
@@ -33,7 +28,6 @@ import numpy as np
 import pandas as pd
 
 from emotion_classifier import files
-from emotion_classifier.augmentation import FaceAugmentation
 from emotion_classifier.host_batches import ShuffledBatches, load_arrays
 
 logger = logging.getLogger(__name__)
@@ -100,18 +94,17 @@ def split_arrays(frame: pd.DataFrame, split_name: str, images_root: str | Path, 
 class ArrayBatches(ShuffledBatches):
     """float32 batches sliced from uint8 images in memory; training batches reshuffled each epoch.
 
-    ``augmentation`` (training only) changes each image on the host; ``workers`` threads prepare
-    batches ahead of the accelerator. Each batch draws its random numbers from (seed, epoch,
-    batch), so results do not depend on which thread makes it.
+    ``workers`` threads prepare batches ahead of the accelerator. Each batch draws its random
+    numbers (mixup's) from (seed, epoch, batch), so results do not depend on which thread makes it.
     ``max_batches`` (> 0) caps the batches per epoch (each epoch then draws a fresh subset).
     ``num_classes`` turns the labels into one-hot rows; ``mixup`` (> 0, training only, needs
     ``num_classes``) then blends each image and its label with another of the batch, with a
-    weight drawn per image from Beta(mixup, mixup).
+    weight drawn per image from Beta(mixup, mixup); the model then augments the blend.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, training: bool,
-                 seed: int = 0, max_batches: int = 0, augmentation: FaceAugmentation | None = None,
-                 workers: int = 1, num_classes: int | None = None, mixup: float = 0.0):
+                 seed: int = 0, max_batches: int = 0, workers: int = 1, num_classes: int | None = None,
+                 mixup: float = 0.0):
         if len(images) == 0 or len(images) != len(labels):
             raise ValueError(f"ArrayBatches needs as many labels as images (at least one), got "
                              f"{len(images)} and {len(labels)}")
@@ -120,7 +113,6 @@ class ArrayBatches(ShuffledBatches):
         super().__init__(len(images), batch_size, training, seed, max_batches, workers)
         self.images = images
         self.labels = labels.astype("int32", copy=False)
-        self.augmentation = augmentation if training else None
         self.num_classes = num_classes
         self.mixup = float(mixup) if training else 0.0
 
@@ -129,13 +121,12 @@ class ArrayBatches(ShuffledBatches):
         if self.training:
             # Sorted indices read memory in order; the batch's contents are the same.
             indices = np.sort(indices)
-        images, labels = self.images[indices], self.labels[indices]
-        random = self.batch_random(batch_index)
-        images = images.astype("float32") if self.augmentation is None else self.augmentation(images, random)
+        images, labels = self.images[indices].astype("float32"), self.labels[indices]
         if not self.num_classes:
             return images, labels
         targets = np.eye(self.num_classes, dtype="float32")[labels]
         if self.mixup > 0:
+            random = self.batch_random(batch_index)
             weight = random.beta(self.mixup, self.mixup, size=len(images)).astype("float32")
             partner = random.permutation(len(images))
             images = np.clip(weight[:, None, None, None] * images + (1 - weight[:, None, None, None]) * images[partner],
@@ -148,8 +139,7 @@ class DeviceBatches(ShuffledBatches):
     """Training batches gathered on the accelerator from uint8 images held there (``input_mode = "device"``).
 
     The images and labels are copied to the backend's default device once; each batch is a
-    gather of ``batch_size`` rows there (only the indices travel), cast to float32 and left
-    unaugmented: the model's ``DeviceAugmentation`` layer augments it in the training step.
+    gather of ``batch_size`` rows there (only the indices travel), cast to float32.
     Every batch holds exactly ``batch_size`` images, so the compiled step keeps one shape:
     an epoch is ``size // batch_size`` batches of a fresh permutation (the remainder waits for
     a later epoch), and a split smaller than one batch repeats images to fill it. ``max_batches``

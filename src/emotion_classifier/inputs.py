@@ -1,10 +1,11 @@
 """The training and validation inputs of a run, for the configured ``input_mode``.
 
 ``make_inputs`` is the one place that turns split rows into what ``model.fit`` reads: a tf.data
-pipeline (``tf_dataset``, or TFRecord shards), arrays decoded once and held in memory
-(``in_memory``; with ``input_mode = "device"`` the training arrays held on the accelerator, which
-the model augments itself), or batches decoded on the host every epoch (``host_batches``). Training and the
-generator preview (``custom_generator.py``) both call it, so the preview shows what the model sees.
+pipeline that also augments (``tf_dataset``, or TFRecord shards), arrays decoded once and held in
+memory (``in_memory``; with ``input_mode = "device"`` the training arrays held on the accelerator),
+or batches decoded on the host every epoch (``host_batches``). Outside tf.data the batches stay
+plain and the model augments them itself (``augments_in_model``). Training and the generator
+preview (``custom_generator.py``) both call it, so the preview shows what the model sees.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Callable
 import pandas as pd
 
 from emotion_classifier import distribute, in_memory, tfrecords
-from emotion_classifier.augmentation import FaceAugmentation, mixup_alpha, one_hot_classes
+from emotion_classifier.augmentation import mixup_alpha, one_hot_classes
 from emotion_classifier.host_batches import ImageBatches
 from emotion_classifier.images import crops_smaller_than_input, handover_size
 from emotion_classifier.tf_dataset import DecodeCounter, make_dataset
@@ -37,6 +38,12 @@ class Inputs:
     validation: object
     steps_per_epoch: int
     skipped: SkippedImages
+
+
+def augments_in_model(model_config) -> bool:
+    """Whether the model augments its own training batches (``augmentation.AugmentationLayer``, in
+    its training step): in every input mode but tf_data, whose pipeline augments them."""
+    return model_config.input_mode != "tf_data"
 
 
 def resolve_resize_in_model(config, model_config, training_rows: pd.DataFrame) -> bool:
@@ -127,8 +134,7 @@ def _memory_inputs(config, model_config, training_rows, validation_rows, num_cla
     one_hot = one_hot_classes(config.generator, num_classes)
     training = in_memory.ArrayBatches(
         *arrays["train"], model_config.batch_size, training=True, seed=model_config.seed, max_batches=steps,
-        augmentation=FaceAugmentation.from_config(config.generator), workers=os.cpu_count() or 1,
-        num_classes=one_hot, mixup=mixup_alpha(config.generator),
+        workers=os.cpu_count() or 1, num_classes=one_hot, mixup=mixup_alpha(config.generator),
     )
     validation = in_memory.ArrayBatches(*arrays["valid"], model_config.batch_size, training=False,
                                         num_classes=one_hot)
@@ -137,8 +143,7 @@ def _memory_inputs(config, model_config, training_rows, validation_rows, num_cla
 
 
 def _device_inputs(config, model_config, training_rows, validation_rows, host_size: dict[str, int]) -> Inputs:
-    """Training images on the accelerator, augmented by the model's DeviceAugmentation layer
-    (training builds it in); validation batches from host memory, unaugmented."""
+    """Training images on the accelerator; validation batches from host memory."""
     arrays, left_out = _split_arrays(config, model_config, training_rows, validation_rows, host_size)
     training = in_memory.DeviceBatches(*arrays["train"], model_config.batch_size, seed=model_config.seed,
                                        max_batches=model_config.max_steps_per_epoch)
@@ -150,7 +155,7 @@ def _host_inputs(config, model_config, training_rows, validation_rows, steps: in
                  host_size: dict[str, int]) -> Inputs:
     workers = os.cpu_count() or 1
     common = {"channels": model_config.channels, "batch_size": model_config.batch_size,
-              "generator_config": config.generator, "workers": workers,
+              "face_margin": config.generator.face_margin, "workers": workers,
               "equalize_histogram": model_config.equalize_histogram}
     training = ImageBatches(training_rows, config.paths.images_root, host_size["train"], training=True,
                             seed=model_config.seed, max_batches=steps, **common)

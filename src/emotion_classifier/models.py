@@ -17,7 +17,7 @@ from typing import Sequence
 
 import keras
 
-from emotion_classifier.device_augmentation import DeviceAugmentation
+from emotion_classifier.augmentation import AugmentationLayer
 from emotion_classifier.errors import PipelineError
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class ResizeImages(keras.layers.Layer):
 
 
 def model_inputs(input_shape: Sequence[int], resize_in_model: bool = False,
-                 training_augmentation: DeviceAugmentation | None = None):
+                 training_augmentation: AugmentationLayer | None = None):
     """The ``keras.Input`` of a model and the tensor its layers start from.
 
     With ``resize_in_model`` the input takes images of any height and width, and a bilinear
@@ -90,7 +90,7 @@ def model_inputs(input_shape: Sequence[int], resize_in_model: bool = False,
     antialiasing computes what the pipeline's own resizing does; inputs larger than the model's
     should be resized on the host (the pipeline never hands them over unresized).
 
-    ``training_augmentation`` (``input_mode = "device"``) augments the images right after the
+    ``training_augmentation`` (every input mode but tf_data) augments the images right after the
     input, in training only; at inference it passes them through.
     """
     height, width, channels = (int(size) for size in input_shape)
@@ -127,7 +127,7 @@ def build_model_4(
     conv_dropout: float = 0.3,
     dense_dropout: float = 0.25,
     resize_in_model: bool = False,
-    training_augmentation: DeviceAugmentation | None = None,
+    training_augmentation: AugmentationLayer | None = None,
 ) -> keras.Model:
     """The original project's VGG-type CNN; the default arguments reproduce it exactly.
 
@@ -170,7 +170,7 @@ def build_vgg(
     dense_dropout: float = 0.4,
     residual: bool = False,
     resize_in_model: bool = False,
-    training_augmentation: DeviceAugmentation | None = None,
+    training_augmentation: AugmentationLayer | None = None,
 ) -> keras.Model:
     """A VGG-style network for face crops at FER's resolution (the ``fer_vgg`` preset).
 
@@ -226,7 +226,7 @@ def build_model_6(
     weights: str = "imagenet",
     frozen_fraction: float = 0.8,
     resize_in_model: bool = False,
-    training_augmentation: DeviceAugmentation | None = None,
+    training_augmentation: AugmentationLayer | None = None,
 ) -> keras.Model:
     """ResNet50 backbone, global average pooling and a softmax head, for transfer learning.
 
@@ -260,10 +260,10 @@ def build_model_6(
 
 
 def build_model(section_name: str, model_config, num_classes: int, resize_in_model: bool = False,
-                training_augmentation: DeviceAugmentation | None = None) -> keras.Model:
+                training_augmentation: AugmentationLayer | None = None) -> keras.Model:
     """Build the model of a configuration section ("model_4" or "model_6"); ``resize_in_model``
     (see model_inputs) as inputs.resolve_resize_in_model decides it for the training images, and
-    ``training_augmentation`` after its input when given (input_mode = "device")."""
+    ``training_augmentation`` after its input when given (every input mode but tf_data)."""
     input_shape = (model_config.image_size, model_config.image_size, model_config.channels)
     if section_name == "model_4" and model_config.architecture in ("vgg", "residual_vgg"):
         return build_vgg(

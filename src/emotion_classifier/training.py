@@ -28,11 +28,11 @@ import numpy as np
 import pandas as pd
 
 from emotion_classifier import calibration, distribute, ensemble, files, model_io, runs, split_files
+from emotion_classifier.augmentation import AugmentationLayer
 from emotion_classifier.callbacks import AveragedWeights, ResumableEarlyStopping, RunCheckpoint, SkippedImagesReport, monitor_mode
 from emotion_classifier.errors import PipelineError
-from emotion_classifier.inputs import make_inputs, resolve_resize_in_model
+from emotion_classifier.inputs import augments_in_model, make_inputs, resolve_resize_in_model
 from emotion_classifier.losses import WeightedCrossEntropy, class_balanced_weights
-from emotion_classifier.device_augmentation import DeviceAugmentation
 from emotion_classifier.models import build_model
 
 # With input_mode = "device" the batches are already on the accelerator: several training steps
@@ -144,9 +144,10 @@ def _resumed_or_new_model(config, section_name: str, run_dir: Path, state: dict 
             runs.truncate_metrics(run_dir / runs.METRICS_NAME, int(state["epochs_completed"]))
         print(f"resuming {run_dir} after epoch {state['epochs_completed']} of {model_config.epochs}")
         return model
-    # input_mode = "device": the model augments its training batches itself, in its training step.
-    augmentation = (DeviceAugmentation.from_config_section(config.generator, seed=model_config.seed)
-                    if model_config.input_mode == "device" else None)
+    # Every input mode but tf_data (which augments in its own pipeline) hands over plain batches:
+    # the model augments them itself, in its training step.
+    augmentation = (AugmentationLayer.from_config_section(config.generator, seed=model_config.seed)
+                    if augments_in_model(model_config) else None)
     model = build_model(section_name, model_config, len(classes), resize_in_model,
                         training_augmentation=augmentation)
     model.compile(

@@ -1,4 +1,4 @@
-"""input_mode = "device": the keras.ops augmentation layer, the on-device batches, and training with them."""
+"""The model's augmentation layer (keras.ops), the on-device batches of input_mode = "device", and training with them."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 
 from emotion_classifier import in_memory, model_io, training
 from emotion_classifier.config import GeneratorConfig
-from emotion_classifier.device_augmentation import DeviceAugmentation, bilinear_affine
+from emotion_classifier.augmentation import AugmentationLayer, bilinear_affine
 from jax_environment import run_folders_trained_without_tensorflow
 from test_training import tiny_config
 
@@ -62,7 +62,7 @@ def test_a_zoom_in_is_a_crop_inside_the_face_resized_back():
 
 def test_flip_flips_about_half_the_batch_and_changes_nothing_else():
     images = np.random.default_rng(0).uniform(0, 255, (64, 8, 8, 1)).astype("float32")
-    output = np.asarray(DeviceAugmentation(flip=True, seed=1)(images, training=True))
+    output = np.asarray(AugmentationLayer(flip=True, seed=1)(images, training=True))
     flipped = [np.array_equal(output[index], images[index, :, ::-1]) for index in range(64)]
     kept = [np.array_equal(output[index], images[index]) for index in range(64)]
     assert all(a or b for a, b in zip(flipped, kept))
@@ -71,14 +71,14 @@ def test_flip_flips_about_half_the_batch_and_changes_nothing_else():
 
 def test_erasing_fills_one_rectangle_with_noise_and_values_stay_in_range():
     images = np.full((16, 24, 24, 1), 100.0, dtype="float32")
-    output = np.asarray(DeviceAugmentation(flip=False, random_erasing=1.0, seed=2)(images, training=True))
+    output = np.asarray(AugmentationLayer(flip=False, random_erasing=1.0, seed=2)(images, training=True))
     for image in output[..., 0]:
         changed_rows, changed_columns = np.nonzero(image != 100.0)
         assert len(changed_rows) > 0
         # One rectangle of 2-33% of the area (a noise pixel may hit 100 by chance: at most a few).
         box = image[changed_rows.min():changed_rows.max() + 1, changed_columns.min():changed_columns.max() + 1]
         assert 0.02 * 576 - 2 <= box.size <= 0.33 * 576 + 50 and (box != 100.0).mean() > 0.95
-    everything = DeviceAugmentation(rotation_degrees=15, zoom=0.2, translation=0.1, contrast=0.5,
+    everything = AugmentationLayer(rotation_degrees=15, zoom=0.2, translation=0.1, contrast=0.5,
                                     random_erasing=0.5, seed=3)
     batch = np.random.default_rng(1).uniform(0, 255, (32, 24, 24, 3)).astype("float32")
     augmented = np.asarray(everything(batch, training=True))
@@ -89,22 +89,22 @@ def test_erasing_fills_one_rectangle_with_noise_and_values_stay_in_range():
 def test_same_seed_same_output_and_inference_passes_images_through():
     settings = {"rotation_degrees": 10, "zoom": 0.15, "translation": 0.1, "contrast": 0.2, "random_erasing": 0.5}
     images = np.random.default_rng(2).uniform(0, 255, (8, 16, 16, 1)).astype("float32")
-    first = np.asarray(DeviceAugmentation(**settings, seed=5)(images, training=True))
-    np.testing.assert_array_equal(first, np.asarray(DeviceAugmentation(**settings, seed=5)(images, training=True)))
-    assert not np.array_equal(first, np.asarray(DeviceAugmentation(**settings, seed=6)(images, training=True)))
-    np.testing.assert_array_equal(np.asarray(DeviceAugmentation(**settings)(images, training=False)), images)
+    first = np.asarray(AugmentationLayer(**settings, seed=5)(images, training=True))
+    np.testing.assert_array_equal(first, np.asarray(AugmentationLayer(**settings, seed=5)(images, training=True)))
+    assert not np.array_equal(first, np.asarray(AugmentationLayer(**settings, seed=6)(images, training=True)))
+    np.testing.assert_array_equal(np.asarray(AugmentationLayer(**settings)(images, training=False)), images)
 
 
 def test_generator_settings_become_the_layer_and_augment_false_gives_none():
-    layer = DeviceAugmentation.from_config_section(GeneratorConfig(rotation_degrees=7, random_erasing=0.3), seed=4)
+    layer = AugmentationLayer.from_config_section(GeneratorConfig(rotation_degrees=7, random_erasing=0.3), seed=4)
     assert (layer.rotation_degrees, layer.random_erasing, layer.seed) == (7.0, 0.3, 4)
-    assert DeviceAugmentation.from_config_section(GeneratorConfig(augment=False)) is None
-    again = DeviceAugmentation.from_config(layer.get_config())
+    assert AugmentationLayer.from_config_section(GeneratorConfig(augment=False)) is None
+    again = AugmentationLayer.from_config(layer.get_config())
     assert again.get_config() == layer.get_config()
 
 
 def test_the_training_step_is_traced_once_across_batches_and_epochs():
-    layer = DeviceAugmentation(rotation_degrees=10, zoom=0.1, translation=0.1, random_erasing=0.5)
+    layer = AugmentationLayer(rotation_degrees=10, zoom=0.1, translation=0.1, random_erasing=0.5)
     inputs = keras.Input((16, 16, 1))
     outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(layer(inputs)))
     model = keras.Model(inputs, outputs)
@@ -196,5 +196,5 @@ def test_augmentation_benchmark_quick_times_every_place():
     report = json.loads(report_path.read_text())
     report_path.unlink()
     assert report["quick"] is True
-    assert {row["augmentation"] for row in report["results"]} == {"none", "host", "device", "tf_data"}
+    assert {row["augmentation"] for row in report["results"]} == {"none", "memory", "device", "tf_data"}
     assert all(row["images_per_second"] > 0 for row in report["results"])
