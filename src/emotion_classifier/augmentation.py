@@ -21,6 +21,7 @@ import math
 
 import keras
 
+
 def mixup_alpha(generator_config) -> float:
     """The mixup setting in force: mixup is an augmentation, so ``augment = false`` turns it off."""
     return float(generator_config.mixup) if generator_config.augment else 0.0
