@@ -112,7 +112,7 @@ class ShuffledBatches(keras.utils.PyDataset):
         return self._order[batch_index * self.batch_size:(batch_index + 1) * self.batch_size]
 
     def batch_random(self, batch_index: int) -> np.random.Generator:
-        """Random numbers of one batch of the current epoch (augmentation, mixup)."""
+        """Random numbers of one batch of the current epoch (mixup's)."""
         return np.random.default_rng([self.seed, self.epoch, batch_index])
 
     def on_epoch_end(self) -> None:
