@@ -116,6 +116,23 @@ def test_the_training_step_is_traced_once_across_batches_and_epochs():
     assert layer.traces == 1
 
 
+def test_a_saved_model_carries_the_layers_random_state_so_a_resumed_run_draws_on(tmp_path):
+    layer = AugmentationLayer(rotation_degrees=10, zoom=0.1, random_erasing=0.5, seed=3)
+    inputs = keras.Input((16, 16, 1))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(layer(inputs))))
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    images = np.random.default_rng(4).integers(0, 256, (16, 16, 16, 1)).astype("float32")
+    model.fit(images, np.arange(16) % 3, batch_size=8, epochs=2, verbose=0)
+    model.save(tmp_path / "checkpoint.keras")
+    loaded = keras.saving.load_model(tmp_path / "checkpoint.keras")
+    loaded_layer = next(found for found in loaded.layers if isinstance(found, AugmentationLayer))
+    fresh = AugmentationLayer(rotation_degrees=10, zoom=0.1, random_erasing=0.5, seed=3)
+    # The next draws are those the trained layer makes, not those of a layer just seeded.
+    following = np.asarray(layer(images, training=True))
+    np.testing.assert_array_equal(np.asarray(loaded_layer(images, training=True)), following)
+    assert not np.array_equal(np.asarray(fresh(images, training=True)), following)
+
+
 def test_device_batches_are_full_distinct_within_an_epoch_and_reshuffled():
     images = (np.arange(10, dtype="uint8") * 10).reshape(10, 1, 1, 1) * np.ones((1, 2, 2, 1), dtype="uint8")
     batches = in_memory.DeviceBatches(images, np.arange(10), batch_size=4, seed=3)
@@ -133,6 +150,10 @@ def test_device_batches_are_full_distinct_within_an_epoch_and_reshuffled():
 
     first, second = one_epoch(), one_epoch()
     assert len(set(first)) == 8 and first != second
+    # A resumed run starts at its next epoch: the order it would have had.
+    resumed = in_memory.DeviceBatches(images, np.arange(10), batch_size=4, seed=3)
+    resumed.start_at_epoch(2)
+    np.testing.assert_array_equal(resumed.batch_rows(1), batches.batch_rows(1))
     # Fewer images than a batch: repeated to fill it, so the step keeps its shape.
     small = in_memory.DeviceBatches(images[:3], np.arange(3), batch_size=8)
     assert len(small) == 1 and np.asarray(small[0][0]).shape == (8, 2, 2, 1)

@@ -123,6 +123,8 @@ class BatchAugmentation:
 # Random erasing's rectangle (Zhong et al. 2020), as RandomErasing draws it.
 ERASED_AREA = (0.02, 0.33)
 ERASED_ASPECT = (0.3, 3.3)
+# Where a saved model keeps the layer's random state.
+SEED_STATE_KEY = "seed_state"
 
 
 def bilinear_affine(images, angle, scale, shift_x, shift_y):
@@ -185,8 +187,10 @@ class AugmentationLayer(keras.layers.Layer):
     so evaluation and prediction see the plain classifier.
 
     ``seed`` seeds the layer's random numbers (a ``keras.random.SeedGenerator``, whose state is
-    part of the layer and advances with every training step). ``traces`` counts how often the
-    training branch was traced or run eagerly: once per compiled training function.
+    part of the layer and advances with every training step). The saved model carries that
+    state, so a run resumed from its checkpoint goes on with the draws it would have made.
+    ``traces`` counts how often the training branch was traced or run eagerly: once per compiled
+    training function.
     """
 
     def __init__(self, flip: bool = True, rotation_degrees: float = 0.0, zoom: float = 0.0,
@@ -262,6 +266,13 @@ class AugmentationLayer(keras.layers.Layer):
                   & (columns >= per_image(left)) & (columns < per_image(left + box_width)) & per_image(erased))
         noise = self._uniform(ops.shape(images), 0.0, 255.0)
         return ops.where(inside[..., None], noise, images)
+
+    def save_own_variables(self, store):
+        store[SEED_STATE_KEY] = keras.ops.convert_to_numpy(self.seed_generator.state)
+
+    def load_own_variables(self, store):
+        if SEED_STATE_KEY in store:
+            self.seed_generator.state.assign(keras.ops.cast(store[SEED_STATE_KEY], self.seed_generator.state.dtype))
 
     def compute_output_shape(self, input_shape):
         return input_shape

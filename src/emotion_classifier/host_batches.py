@@ -116,7 +116,11 @@ class ShuffledBatches(keras.utils.PyDataset):
         return np.random.default_rng([self.seed, self.epoch, batch_index])
 
     def on_epoch_end(self) -> None:
-        self.epoch += 1
+        self.start_at_epoch(self.epoch + 1)
+
+    def start_at_epoch(self, epoch: int) -> None:
+        """Serve epoch ``epoch`` next, as if the earlier ones had passed (a resumed run)."""
+        self.epoch = int(epoch)
         self._order = self._new_order()
 
 
