@@ -68,21 +68,27 @@ def resolve_resize_in_model(config, model_config, training_rows: pd.DataFrame) -
 
 
 def make_inputs(config, model_config, training_rows: pd.DataFrame, validation_rows: pd.DataFrame,
-                num_classes: int, resize_in_model: bool = False, strategy=None) -> Inputs:
+                num_classes: int, resize_in_model: bool = False, strategy=None, first_epoch: int = 0) -> Inputs:
     """Training and validation inputs for ``model_config.input_mode``, and the steps per epoch;
-    ``resize_in_model`` as resolve_resize_in_model decided it for the model."""
+    ``resize_in_model`` as resolve_resize_in_model decided it for the model. A run resumed after
+    ``first_epoch`` epochs gets the batches of its next epoch, not those of epoch 0 again."""
     full_steps = math.ceil(len(training_rows) / model_config.batch_size)
     steps = min(full_steps, model_config.max_steps_per_epoch) if model_config.max_steps_per_epoch > 0 else full_steps
     if model_config.input_mode == "tf_data":
+        # tf.data's shuffle and augmentation cannot skip epochs: they draw afresh from another seed.
+        model_config = dataclasses.replace(model_config, seed=model_config.seed + first_epoch)
         return _tf_data_inputs(config, model_config, training_rows, validation_rows, steps, resize_in_model, strategy)
     host_size = {name: handover_size(rows, config.paths.images_root, model_config.image_size,
                                      config.generator.face_margin, resize_in_model, model_config.equalize_histogram)
                  for name, rows in (("train", training_rows), ("valid", validation_rows))}
     if model_config.input_mode == "memory":
-        return _memory_inputs(config, model_config, training_rows, validation_rows, num_classes, steps, host_size)
-    if model_config.input_mode == "device":
-        return _device_inputs(config, model_config, training_rows, validation_rows, host_size)
-    return _host_inputs(config, model_config, training_rows, validation_rows, steps, host_size)
+        inputs = _memory_inputs(config, model_config, training_rows, validation_rows, num_classes, steps, host_size)
+    elif model_config.input_mode == "device":
+        inputs = _device_inputs(config, model_config, training_rows, validation_rows, host_size)
+    else:
+        inputs = _host_inputs(config, model_config, training_rows, validation_rows, steps, host_size)
+    inputs.training.start_at_epoch(first_epoch)
+    return inputs
 
 
 def _tf_data_inputs(config, model_config, training_rows, validation_rows, steps: int, resize_in_model: bool,

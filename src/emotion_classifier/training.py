@@ -31,7 +31,6 @@ from emotion_classifier import calibration, distribute, ensemble, files, model_i
 from emotion_classifier.augmentation import AugmentationLayer
 from emotion_classifier.callbacks import AveragedWeights, ResumableEarlyStopping, RunCheckpoint, SkippedImagesReport, monitor_mode
 from emotion_classifier.errors import PipelineError
-from emotion_classifier.host_batches import ShuffledBatches
 from emotion_classifier.inputs import augments_in_model, make_inputs, resolve_resize_in_model
 from emotion_classifier.losses import WeightedCrossEntropy, class_balanced_weights
 from emotion_classifier.models import build_model
@@ -89,15 +88,14 @@ def _train_run(config, section_name: str, run_dir: Path, training_rows: pd.DataF
                                    equalize_histogram=model_config.equalize_histogram)
     initial_epoch = int(state["epochs_completed"]) if state else 0
     # A resumed run draws fresh random numbers for its remaining epochs rather than replaying
-    # those of epoch 0 (the model's augmentation layer restores its own from the checkpoint).
+    # those of epoch 0 (the model's augmentation layer restores its own from the checkpoint, and
+    # make_inputs starts the batches at the next epoch).
     keras.utils.set_random_seed(model_config.seed + initial_epoch)
     with distribute.strategy_scope(strategy), distribute.precision_policy(model_config.mixed_precision):
         model = _resumed_or_new_model(config, section_name, run_dir, state, len(training_rows), classes,
                                       class_weights, chief, resize_in_model)
     inputs = make_inputs(config, model_config, training_rows, validation_rows, len(classes), resize_in_model,
-                         strategy)
-    if isinstance(inputs.training, ShuffledBatches):
-        inputs.training.start_at_epoch(initial_epoch)
+                         strategy, first_epoch=initial_epoch)
     early_stopping = ResumableEarlyStopping(model_config.patience, state, model_config.monitor)
     checkpoint = RunCheckpoint(
         run_dir, fingerprint, early_stopping,
