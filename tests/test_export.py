@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from emotion_classifier import export, files, model_io
+from emotion_classifier.augmentation import AugmentationLayer
 from emotion_classifier.errors import PipelineError
 from emotion_classifier.config import Config
 
@@ -32,9 +33,11 @@ def fer_images(split: str, per_class: int) -> tuple[np.ndarray, np.ndarray, list
 
 
 def build_small_cnn(num_classes: int) -> keras.Model:
-    """A small CNN of about 390,000 parameters, with BatchNormalization like the pipeline's model_4."""
+    """A small CNN of about 390,000 parameters, with BatchNormalization like the pipeline's model_4,
+    and like it augmenting its training images itself (an AugmentationLayer that exports as nothing)."""
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), name="image")
-    features = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0)(inputs)
+    features = AugmentationLayer(flip=True, seed=1)(inputs)
+    features = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0)(features)
     for filters, stride, pool in ((32, 2, False), (64, 1, True), (128, 1, True), (256, 1, False)):
         features = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(features)
         # A fast-moving average, so that a few dozen steps leave usable inference statistics.
