@@ -18,8 +18,7 @@ import keras
 import numpy as np
 
 from emotion_classifier import files, split_files
-from emotion_classifier.augmentation import AugmentationLayer
-from emotion_classifier.inputs import augments_in_model, make_inputs, resolve_resize_in_model
+from emotion_classifier.inputs import make_inputs, model_augmentation, resolve_resize_in_model
 
 # Images of the augmented batch saved as a PNG, and batches timed after the first.
 PREVIEW_IMAGES = 16
@@ -46,12 +45,12 @@ def run(config, force: bool = False) -> int:
 
     inputs = make_inputs(config, model_config, training_rows, validation_rows, len(classes), resize_in_model)
     batches = _numpy_batches(inputs.training)
-    if augments_in_model(model_config):
-        # The model augments these batches in its training step: the preview applies the same layer.
-        augmentation = AugmentationLayer.from_config_section(config.generator, seed=model_config.seed)
-        if augmentation is not None:
-            batches = ((np.asarray(keras.ops.convert_to_numpy(augmentation(images, training=True))), labels)
-                       for images, labels in batches)
+    # Outside tf.data the model augments these batches in its training step: the preview applies
+    # the same layer.
+    augmentation = model_augmentation(config, model_config)
+    if augmentation is not None:
+        batches = ((np.asarray(keras.ops.convert_to_numpy(augmentation(images, training=True))), labels)
+                   for images, labels in batches)
 
     # Throughput: the first batch pays for start-up (thread pools, graph tracing), so the clock
     # starts after it.

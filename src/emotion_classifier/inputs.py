@@ -4,7 +4,7 @@
 pipeline that also augments (``tf_dataset``, or TFRecord shards), arrays decoded once and held in
 memory (``in_memory``; with ``input_mode = "device"`` the training arrays held on the accelerator),
 or batches decoded on the host every epoch (``host_batches``). Outside tf.data the batches stay
-plain and the model augments them itself (``augments_in_model``). Training and the generator
+plain and the model augments them itself (``model_augmentation``). Training and the generator
 preview (``custom_generator.py``) both call it, so the preview shows what the model sees.
 """
 
@@ -18,7 +18,7 @@ from typing import Callable
 import pandas as pd
 
 from emotion_classifier import distribute, in_memory, tfrecords
-from emotion_classifier.augmentation import mixup_alpha, one_hot_classes
+from emotion_classifier.augmentation import AugmentationLayer, mixup_alpha, one_hot_classes
 from emotion_classifier.host_batches import ImageBatches
 from emotion_classifier.images import crops_smaller_than_input, handover_size
 from emotion_classifier.tf_dataset import DecodeCounter, make_dataset
@@ -40,10 +40,12 @@ class Inputs:
     skipped: SkippedImages
 
 
-def augments_in_model(model_config) -> bool:
-    """Whether the model augments its own training batches (``augmentation.AugmentationLayer``, in
-    its training step): in every input mode but tf_data, whose pipeline augments them."""
-    return model_config.input_mode != "tf_data"
+def model_augmentation(config, model_config) -> AugmentationLayer | None:
+    """The layer with which the model augments its own training batches, in its training step: in
+    every input mode but tf_data, whose pipeline augments them; None there or with ``augment`` off."""
+    if model_config.input_mode == "tf_data":
+        return None
+    return AugmentationLayer.from_config_section(config.generator, seed=model_config.seed)
 
 
 def resolve_resize_in_model(config, model_config, training_rows: pd.DataFrame) -> bool:

@@ -28,10 +28,9 @@ import numpy as np
 import pandas as pd
 
 from emotion_classifier import calibration, distribute, ensemble, files, model_io, runs, split_files
-from emotion_classifier.augmentation import AugmentationLayer
 from emotion_classifier.callbacks import AveragedWeights, ResumableEarlyStopping, RunCheckpoint, SkippedImagesReport, monitor_mode
 from emotion_classifier.errors import PipelineError
-from emotion_classifier.inputs import augments_in_model, make_inputs, resolve_resize_in_model
+from emotion_classifier.inputs import make_inputs, model_augmentation, resolve_resize_in_model
 from emotion_classifier.losses import WeightedCrossEntropy, class_balanced_weights
 from emotion_classifier.models import build_model
 
@@ -147,10 +146,8 @@ def _resumed_or_new_model(config, section_name: str, run_dir: Path, state: dict 
         return model
     # Every input mode but tf_data (which augments in its own pipeline) hands over plain batches:
     # the model augments them itself, in its training step.
-    augmentation = (AugmentationLayer.from_config_section(config.generator, seed=model_config.seed)
-                    if augments_in_model(model_config) else None)
     model = build_model(section_name, model_config, len(classes), resize_in_model,
-                        training_augmentation=augmentation)
+                        training_augmentation=model_augmentation(config, model_config))
     model.compile(
         optimizer=make_optimizer(model_config, _steps_per_epoch(training_images, model_config)),
         loss=WeightedCrossEntropy(class_weights, label_smoothing=model_config.label_smoothing),
