@@ -83,7 +83,7 @@ It is the default model of the demo, `emotion-predict`, `emotion-export` and the
 ## How it was made
 
 ```bash
-make run CONFIG={config_path}          # or the stages one by one with --config {config_path}
+{_training_commands(summary, run, config_path)}
 python tools/ship_model.py --run {run} --report {report} --config {config_path} --name {name}
 ```
 
@@ -100,6 +100,16 @@ python model_evaluation_4.py --config {config_path} model_evaluation_4.model='"m
 - Hardware: {hardware}.
 - Training time: {minutes:.0f} minutes{_speed(summary)}.
 """
+
+
+def _training_commands(summary: dict, run: Path, config_path: str) -> str:
+    """The commands that train the run: every stage, then a second run for a fine-tuned one."""
+    source = summary.get("started_from")
+    if not source:
+        return f"make run CONFIG={config_path}          # or the stages one by one with --config {config_path}"
+    return (f"make run CONFIG={config_path} ARGS=model_4.run_name={source['run_name']}   # every stage; the first run\n"
+            f"python model_4.py --config {config_path} model_4.run_name='\"{run.name}\"' \\\n"
+            f"    model_4.start_from_run='\"{source['run_name']}\"'           # the second, from the first's weights")
 
 
 def _recipe(summary: dict, config_path: str) -> str:
